@@ -1,0 +1,231 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/warren-mesh/warren/ca"
+	"github.com/warren-mesh/warren/classify"
+	"github.com/warren-mesh/warren/discovery"
+	"github.com/warren-mesh/warren/hbone"
+	"github.com/warren-mesh/warren/identity"
+	"github.com/warren-mesh/warren/proxy"
+	"github.com/warren-mesh/warren/redirect"
+	"github.com/warren-mesh/warren/state"
+)
+
+// Agent is one node's Warren data plane.
+type Agent struct {
+	cfg         Config
+	log         *slog.Logger
+	trustDomain spiffeid.TrustDomain
+
+	store    *state.Store
+	source   *discovery.File
+	ids      *identity.Manager
+	capture  redirect.Redirector
+	pool     *hbone.Pool
+	tunnels  *hbone.Server
+	outbound *proxy.Outbound
+	inbound  *proxy.Inbound
+	pods     *podSet
+	ready    *http.Server
+
+	ctx    context.Context // lives from Start to Stop; parent of every connection
+	cancel context.CancelFunc
+	kick   chan struct{}
+	wg     sync.WaitGroup
+}
+
+// New builds an agent from cfg without touching the system; Start does.
+func New(cfg Config, log *slog.Logger) (*Agent, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("agent config: %w", err)
+	}
+	td, err := spiffeid.TrustDomainFromString(cfg.TrustDomain)
+	if err != nil {
+		return nil, fmt.Errorf("agent config: trust domain %q: %w", cfg.TrustDomain, err)
+	}
+	a := &Agent{cfg: cfg, log: log.With("component", "agent"), trustDomain: td, kick: make(chan struct{}, 1)}
+	a.store = state.NewStore()
+	a.pods = newPodSet(a)
+
+	caCfg := ca.DefaultConfig()
+	caCfg.TrustDomain, caCfg.Dir = cfg.TrustDomain, cfg.CADir
+	localCA, err := ca.New(caCfg, log)
+	if err != nil {
+		return nil, fmt.Errorf("loading local CA: %w", err)
+	}
+	idCfg := identity.DefaultConfig()
+	idCfg.TrustDomain, idCfg.TTL = cfg.TrustDomain, cfg.CertTTL
+	if a.ids, err = identity.NewManager(idCfg, identity.LocalIssuer(localCA), log); err != nil {
+		return nil, err
+	}
+
+	switch cfg.Redirect {
+	case BackendIPTables:
+		a.capture, err = redirect.NewIPTables(cfg.Capture, log)
+	default:
+		a.capture, err = redirect.NewNFTables(cfg.Capture, log)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("capture backend %s: %w", cfg.Redirect, err)
+	}
+
+	cls, err := classify.New(cfg.classify(), nil)
+	if err != nil {
+		return nil, err
+	}
+	a.pool = hbone.NewPool(cfg.HBONE, log)
+	a.outbound = proxy.NewOutbound(cfg.proxy(), a.store, cls, poolTunnel{a.pool}, a.ids.Bundle(), redirect.OriginalDst, log)
+	a.inbound = proxy.NewInbound(cfg.proxy(), a.store, a.pods, redirect.OriginalDst, log)
+	a.tunnels = hbone.NewServer(cfg.HBONE, a.inbound, log)
+
+	fileCfg := discovery.DefaultFileConfig()
+	fileCfg.Path = cfg.ConfigFile
+	a.source = discovery.NewFile(fileCfg, a.store, log)
+	return a, nil
+}
+
+// Start brings the agent up, in order: identities, readiness endpoint, the
+// state source (whose first read must succeed), then the pod reconciler,
+// which enrols every local pod. It returns once the first reconcile has run;
+// pods that failed to enrol are retried in the background and reported by
+// readiness.
+func (a *Agent) Start(ctx context.Context) error {
+	a.ctx, a.cancel = context.WithCancel(context.WithoutCancel(ctx))
+	if err := a.ids.Start(ctx); err != nil {
+		return fmt.Errorf("starting identity manager: %w", err)
+	}
+	if err := a.startReadiness(); err != nil {
+		return err
+	}
+	a.store.Subscribe(func(_, _ *state.Snapshot) {
+		select {
+		case a.kick <- struct{}{}:
+		default:
+		}
+	})
+	if err := a.source.Start(ctx); err != nil {
+		return fmt.Errorf("reading state: %w", err)
+	}
+	a.pods.reconcile(ctx, a.store.Load())
+	a.wg.Add(1)
+	go a.reconcileLoop()
+	a.log.Info("agent started", "node", a.cfg.Node, "pods", len(a.store.Load().LocalWorkloads(a.cfg.Node)), "redirect", a.cfg.Redirect)
+	return nil
+}
+
+// reconcileLoop re-reconciles on every state change, and periodically while
+// some pod is pending.
+func (a *Agent) reconcileLoop() {
+	defer a.wg.Done()
+	t := time.NewTicker(a.cfg.RetryInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-a.ctx.Done():
+			return
+		case <-a.kick:
+		case <-t.C:
+			if len(a.pods.Pending()) == 0 {
+				continue
+			}
+		}
+		a.pods.reconcile(a.ctx, a.store.Load())
+	}
+}
+
+// Stop shuts the agent down, in order: stop watching state, release every
+// pod (capture rules removed, listeners closed), drain open tunnels for up to
+// DrainTimeout, close pooled tunnels, stop identities and readiness. Errors
+// are logged and the shutdown continues.
+func (a *Agent) Stop(ctx context.Context) error {
+	a.source.Stop()
+	a.cancel()
+	a.wg.Wait()
+	a.pods.releaseAll(ctx)
+	dctx, cancel := context.WithTimeout(ctx, a.cfg.DrainTimeout)
+	defer cancel()
+	var errs []error
+	if err := a.tunnels.Shutdown(dctx); err != nil {
+		errs = append(errs, fmt.Errorf("draining tunnels: %w", err))
+	}
+	if err := a.pool.Close(); err != nil {
+		errs = append(errs, fmt.Errorf("closing tunnel pool: %w", err))
+	}
+	a.ids.Stop()
+	if a.ready != nil {
+		a.ready.Close()
+	}
+	a.log.Info("agent stopped")
+	return errors.Join(errs...)
+}
+
+// Pending lists what keeps the agent from being ready; empty means ready.
+func (a *Agent) Pending() []string {
+	var out []string
+	if !a.source.Ready() {
+		out = append(out, "state: "+errString(a.source.LastError(), "not loaded"))
+	}
+	for uid, err := range a.pods.Pending() {
+		out = append(out, fmt.Sprintf("pod %s: %v", uid, err))
+	}
+	for _, id := range a.ids.Pending() {
+		out = append(out, "certificate "+id.String())
+	}
+	sort.Strings(out)
+	return out
+}
+
+// startReadiness serves Istio's readiness endpoint: 200 "ready\n" when
+// nothing is pending, else 500 naming what is.
+func (a *Agent) startReadiness() error {
+	if a.cfg.ReadinessAddr == "" {
+		return nil
+	}
+	ln, err := net.Listen("tcp", a.cfg.ReadinessAddr)
+	if err != nil {
+		return fmt.Errorf("readiness listener %s: %w", a.cfg.ReadinessAddr, err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz/ready", func(w http.ResponseWriter, _ *http.Request) {
+		if p := a.Pending(); len(p) > 0 {
+			w.WriteHeader(http.StatusInternalServerError)
+			fmt.Fprintf(w, "not ready: %s\n", strings.Join(p, "; "))
+			return
+		}
+		fmt.Fprint(w, "ready\n")
+	})
+	a.ready = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go a.ready.Serve(ln)
+	return nil
+}
+
+func errString(err error, none string) string {
+	if err == nil {
+		return none
+	}
+	return err.Error()
+}
+
+// poolTunnel adapts *hbone.Pool to proxy.Tunnel.
+type poolTunnel struct{ p *hbone.Pool }
+
+func (t poolTunnel) Connect(ctx context.Context, req *hbone.Request) (proxy.Duplex, error) {
+	st, err := t.p.Connect(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	return st, nil
+}

@@ -1,0 +1,106 @@
+package agent
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/warren-mesh/warren/classify"
+	"github.com/warren-mesh/warren/hbone"
+	"github.com/warren-mesh/warren/proxy"
+	"github.com/warren-mesh/warren/redirect"
+)
+
+// Redirect backends.
+const (
+	BackendNFTables = "nftables"
+	BackendIPTables = "iptables"
+)
+
+// Config is everything the agent needs; cmd/warren-agent fills it from flags.
+type Config struct {
+	// Node is this agent's node name; it serves the workloads whose node
+	// field matches.
+	Node string
+	// ConfigFile is the local state file (workloads, services, policies).
+	ConfigFile string
+	// CADir holds the local CA's root certificate and key; agents that
+	// share it trust each other.
+	CADir string
+	// TrustDomain of the mesh.
+	TrustDomain string
+	// CertTTL is the lifetime of workload certificates.
+	CertTTL time.Duration
+	// Redirect selects the capture backend: "nftables" (default: needs no
+	// binaries) or "iptables" (iptables-restore on the host).
+	Redirect string
+	// ReadinessAddr serves GET /healthz/ready (Istio: :15021).
+	ReadinessAddr string
+	// DrainTimeout bounds how long Stop waits for open tunnels.
+	DrainTimeout time.Duration
+	// RetryInterval is how often a pod that failed to enrol is retried.
+	RetryInterval time.Duration
+
+	// Capture holds the in-pod ports and marks (Istio's values; changing
+	// them breaks interoperability). The proxy's socket mark and the
+	// classifier's reserved ports are derived from it.
+	Capture redirect.Config
+	Proxy   proxy.Config
+	HBONE   hbone.Config
+}
+
+// DefaultConfig returns Istio-compatible defaults; Node and ConfigFile must
+// still be set.
+func DefaultConfig() Config {
+	return Config{
+		TrustDomain:   "cluster.local",
+		CertTTL:       24 * time.Hour,
+		Redirect:      BackendNFTables,
+		ReadinessAddr: ":15021",
+		DrainTimeout:  5 * time.Second,
+		RetryInterval: 2 * time.Second,
+		Capture:       redirect.DefaultConfig(),
+		Proxy:         proxy.DefaultConfig(),
+		HBONE:         hbone.DefaultConfig(),
+	}
+}
+
+// Validate reports every problem at once.
+func (c Config) Validate() error {
+	var errs []error
+	if c.Node == "" {
+		errs = append(errs, errors.New("node: must be set"))
+	}
+	if c.ConfigFile == "" {
+		errs = append(errs, errors.New("config file: must be set"))
+	}
+	if c.Redirect != BackendNFTables && c.Redirect != BackendIPTables {
+		errs = append(errs, fmt.Errorf("redirect: %q is not %q or %q", c.Redirect, BackendNFTables, BackendIPTables))
+	}
+	if c.CertTTL < time.Minute/6 {
+		errs = append(errs, fmt.Errorf("cert ttl: %v is shorter than 10s", c.CertTTL))
+	}
+	for _, v := range []interface{ Validate() error }{c.Capture, c.Proxy, c.HBONE, c.classify()} {
+		if err := v.Validate(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// classify derives the classifier's ports from the capture ports: a
+// connection to any of the agent's own in-pod ports would loop.
+func (c Config) classify() classify.Config {
+	p := c.Capture
+	return classify.Config{
+		HBONEPort: p.InboundTunnelPort,
+		Reserved:  []uint16{p.OutboundPort, p.InboundPlaintextPort, p.InboundTunnelPort},
+	}
+}
+
+// proxy returns the proxy configuration with the capture's exemption mark.
+func (c Config) proxy() proxy.Config {
+	pc := c.Proxy
+	pc.Mark = c.Capture.AgentMark
+	return pc
+}

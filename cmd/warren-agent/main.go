@@ -1,0 +1,79 @@
+// Command warren-agent is Warren's node agent: it captures the traffic of the
+// node's enrolled pods and carries it in HBONE tunnels.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/warren-mesh/warren/agent"
+)
+
+func main() {
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "warren-agent:", err)
+		os.Exit(1)
+	}
+}
+
+func run() error {
+	cfg := agent.DefaultConfig()
+	host, _ := os.Hostname()
+	nodeDefault := os.Getenv("NODE_NAME")
+	if nodeDefault == "" {
+		nodeDefault = host
+	}
+	flag.StringVar(&cfg.ConfigFile, "config", "", "local state file (YAML: workloads, services, policies); watched for changes")
+	flag.StringVar(&cfg.Node, "node", nodeDefault, "this node's name (default $NODE_NAME, else the hostname)")
+	flag.StringVar(&cfg.CADir, "ca-dir", "", "directory of the local CA root (root.pem, root-key.pem); generated if empty or missing")
+	flag.StringVar(&cfg.TrustDomain, "trust-domain", cfg.TrustDomain, "SPIFFE trust domain")
+	flag.DurationVar(&cfg.CertTTL, "cert-ttl", cfg.CertTTL, "workload certificate lifetime")
+	flag.StringVar(&cfg.Redirect, "redirect", cfg.Redirect, "capture backend: nftables or iptables")
+	flag.StringVar(&cfg.ReadinessAddr, "readiness-addr", cfg.ReadinessAddr, "readiness endpoint address (GET /healthz/ready)")
+	logLevel := flag.String("log-level", "info", "log level: debug, info, warn, error")
+	logFormat := flag.String("log-format", "json", "log format: json or text")
+	flag.Parse()
+	if flag.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments %q", flag.Args())
+	}
+
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
+		return fmt.Errorf("--log-level: %w", err)
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	var h slog.Handler
+	switch *logFormat {
+	case "json":
+		h = slog.NewJSONHandler(os.Stdout, opts)
+	case "text":
+		h = slog.NewTextHandler(os.Stdout, opts)
+	default:
+		return fmt.Errorf("--log-format: %q is not json or text", *logFormat)
+	}
+	log := slog.New(h)
+
+	a, err := agent.New(cfg, log)
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if err := a.Start(ctx); err != nil {
+		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_ = a.Stop(sctx)
+		return err
+	}
+	<-ctx.Done()
+	log.Info("signal received, shutting down")
+	sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	return a.Stop(sctx)
+}

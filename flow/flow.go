@@ -1,0 +1,117 @@
+package flow
+
+import (
+	"context"
+	"log/slog"
+	"net/netip"
+	"time"
+)
+
+// Direction says which side of the tunnel an agent saw a connection on.
+type Direction string
+
+const (
+	// Outbound: captured from a local pod on 15001.
+	Outbound Direction = "outbound"
+	// Inbound: arrived for a local pod over HBONE on 15008.
+	Inbound Direction = "inbound"
+	// InboundPlain: arrived for a local pod in plaintext on 15006.
+	InboundPlain Direction = "inbound_plaintext"
+)
+
+// Path is how the agent carried a connection.
+type Path string
+
+const (
+	PathHBONE       Path = "hbone"       // mutual TLS tunnel to the destination's agent
+	PathPassthrough Path = "passthrough" // plain TCP: destination not in HBONE
+	PathDenied      Path = "denied"      // never opened
+)
+
+// Reason says why a connection was refused or failed. The empty Reason means
+// none. Values are stable: they appear in logs and metrics.
+type Reason string
+
+const (
+	ReasonNone Reason = ""
+	// ReasonSelfLoop: the destination port is one of the agent's own
+	// (15001/15006/15008); forwarding it would loop forever.
+	ReasonSelfLoop Reason = "self_loop"
+	// ReasonNoServicePort: a service VIP was called on a port the service
+	// does not expose.
+	ReasonNoServicePort Reason = "no_service_port"
+	// ReasonNoEndpoints: the service has no usable endpoint.
+	ReasonNoEndpoints Reason = "no_healthy_upstream"
+	// ReasonUnknownSource: the capturing pod is no longer in the state.
+	ReasonUnknownSource Reason = "unknown_source"
+	// ReasonUnknownDestination: inbound traffic for an address this agent
+	// does not serve.
+	ReasonUnknownDestination Reason = "unknown_destination"
+	// ReasonPolicy: denied by authorization policy.
+	ReasonPolicy Reason = "policy_denied"
+	// ReasonUpstreamConnect: the next hop (tunnel or application) could not
+	// be reached.
+	ReasonUpstreamConnect Reason = "upstream_connect_failed"
+	// ReasonTunnelRefused: the peer agent answered the CONNECT with a
+	// non-200 status.
+	ReasonTunnelRefused Reason = "tunnel_refused"
+	// ReasonIdentity: no certificate is available for the source identity.
+	ReasonIdentity Reason = "identity_unavailable"
+)
+
+// Record is what the access log says about one connection, at close.
+type Record struct {
+	Direction   Direction
+	Path        Path
+	Src, Dst    netip.AddrPort // application's view: client and original destination
+	SrcWorkload string         // "namespace/name", empty when unknown
+	DstWorkload string
+	SrcIdentity string // SPIFFE IDs, empty when unknown
+	DstIdentity string
+	DstService  string // "namespace/hostname" when addressed through a service
+	Target      netip.AddrPort
+	Sent        int64 // bytes from client to server
+	Received    int64 // bytes from server to client
+	Start       time.Time
+	Duration    time.Duration
+	Reason      Reason
+	Err         error
+}
+
+// Log writes r as one structured record. It is the only log line a
+// connection produces.
+func (r *Record) Log(ctx context.Context, log *slog.Logger) {
+	level := slog.LevelInfo
+	if r.Reason != ReasonNone {
+		level = slog.LevelWarn
+	}
+	attrs := []slog.Attr{
+		slog.String("direction", string(r.Direction)),
+		slog.String("path", string(r.Path)),
+		slog.String("src.addr", addr(r.Src)),
+		slog.String("dst.addr", addr(r.Dst)),
+		slog.String("src.workload", r.SrcWorkload),
+		slog.String("dst.workload", r.DstWorkload),
+		slog.String("src.identity", r.SrcIdentity),
+		slog.String("dst.identity", r.DstIdentity),
+		slog.String("dst.service", r.DstService),
+		slog.String("target", addr(r.Target)),
+		slog.Int64("bytes_sent", r.Sent),
+		slog.Int64("bytes_received", r.Received),
+		slog.Float64("duration_ms", float64(r.Duration.Microseconds())/1000),
+	}
+	if r.Reason != ReasonNone {
+		attrs = append(attrs, slog.String("reason", string(r.Reason)))
+	}
+	if r.Err != nil {
+		attrs = append(attrs, slog.String("error", r.Err.Error()))
+	}
+	log.LogAttrs(ctx, level, "connection", attrs...)
+}
+
+func addr(a netip.AddrPort) string {
+	if !a.IsValid() {
+		return ""
+	}
+	return a.String()
+}

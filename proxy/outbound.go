@@ -1,0 +1,150 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"net/netip"
+	"time"
+
+	"github.com/warren-mesh/warren/classify"
+	"github.com/warren-mesh/warren/flow"
+	"github.com/warren-mesh/warren/hbone"
+	"github.com/warren-mesh/warren/state"
+)
+
+// OrigDstFunc recovers the destination an application asked for before
+// capture rewrote it.
+type OrigDstFunc func(c *net.TCPConn) (netip.AddrPort, error)
+
+// Outbound serves connections captured from local pods on 15001.
+type Outbound struct {
+	cfg     Config
+	store   *state.Store
+	cls     *classify.Classifier
+	tun     Tunnel
+	bundle  Bundle
+	origDst OrigDstFunc
+	log     *slog.Logger
+}
+
+// NewOutbound wires the outbound path.
+func NewOutbound(cfg Config, store *state.Store, cls *classify.Classifier, tun Tunnel, bundle Bundle, origDst OrigDstFunc, log *slog.Logger) *Outbound {
+	return &Outbound{cfg: cfg, store: store, cls: cls, tun: tun, bundle: bundle, origDst: origDst, log: log.With("component", "outbound")}
+}
+
+// Serve accepts on ln (the pod's 15001 listener) until it is closed. Each
+// connection is handled on its own goroutine and outlives Serve.
+func (o *Outbound) Serve(ctx context.Context, ln net.Listener, pod *Pod) error {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			return err
+		}
+		go o.handle(ctx, c.(*net.TCPConn), pod)
+	}
+}
+
+func (o *Outbound) handle(ctx context.Context, c *net.TCPConn, pod *Pod) {
+	rec := flow.Record{Direction: flow.Outbound, Start: time.Now(), Src: addrPort(c.RemoteAddr())}
+	defer func() {
+		rec.Duration = time.Since(rec.Start)
+		rec.Log(ctx, o.log)
+	}()
+	dst, err := o.origDst(c)
+	if err != nil {
+		rec.Path, rec.Reason, rec.Err = flow.PathDenied, flow.ReasonUnknownDestination, err
+		abort(c)
+		return
+	}
+	rec.Dst = dst
+
+	// Decide.
+	snap := o.store.Load()
+	src, _ := snap.Workload(pod.UID)
+	plan := o.cls.Outbound(snap, src, dst)
+	describePlan(&rec, src, plan)
+
+	// Act.
+	ctx, cancel := context.WithTimeout(ctx, o.cfg.ConnectTimeout)
+	var up Duplex
+	switch plan.Action {
+	case classify.Deny:
+		cancel()
+		abort(c)
+		return
+	case classify.Passthrough:
+		var nc net.Conn
+		nc, err = pod.Dial(ctx, plan.Target)
+		if err == nil {
+			up = nc.(*net.TCPConn)
+		}
+	case classify.HBONE:
+		up, err = o.tun.Connect(ctx, &hbone.Request{
+			SourceID:  src.Identity(),
+			SVID:      pod.SVID,
+			Bundle:    o.bundle,
+			Expected:  plan.Identities,
+			Target:    plan.Target,
+			SourceIP:  rec.Src.Addr(),
+			Dial:      pod.Dial,
+			Authority: plan.Authority,
+			Forwarded: rec.Src,
+		})
+	}
+	cancel()
+	if err != nil {
+		rec.Err = err
+		rec.Reason = flow.ReasonUpstreamConnect
+		var se *hbone.StatusError
+		if errors.As(err, &se) {
+			rec.Reason = flow.ReasonTunnelRefused
+		}
+		abort(c)
+		return
+	}
+	rec.Sent, rec.Received, rec.Err = Forward(c, up)
+}
+
+// describePlan fills the access-log fields known once the plan is made.
+func describePlan(rec *flow.Record, src *state.Workload, plan classify.Plan) {
+	if src != nil {
+		rec.SrcWorkload = src.Namespace + "/" + src.Name
+		rec.SrcIdentity = src.Identity().String()
+	}
+	if plan.Dest != nil {
+		rec.DstWorkload = plan.Dest.Namespace + "/" + plan.Dest.Name
+		if plan.Action == classify.HBONE {
+			rec.DstIdentity = plan.Dest.Identity().String()
+		}
+	}
+	if plan.Service != nil {
+		rec.DstService = plan.Service.Key()
+	}
+	rec.Target = plan.Target
+	rec.Reason = plan.Reason
+	switch plan.Action {
+	case classify.Deny:
+		rec.Path = flow.PathDenied
+	case classify.Passthrough:
+		rec.Path = flow.PathPassthrough
+	case classify.HBONE:
+		rec.Path = flow.PathHBONE
+	}
+}
+
+func addrPort(a net.Addr) netip.AddrPort {
+	if ta, ok := a.(*net.TCPAddr); ok {
+		ap := ta.AddrPort()
+		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	}
+	return netip.AddrPort{}
+}

@@ -1,0 +1,173 @@
+package state
+
+import (
+	"fmt"
+	"net/netip"
+	"sort"
+	"sync"
+	"sync/atomic"
+)
+
+// Snapshot is one consistent, immutable view of the mesh. Nothing in it may
+// be modified after NewSnapshot returns; replace the whole Snapshot instead.
+type Snapshot struct {
+	// Version names where the snapshot came from (file hash, xDS nonce).
+	Version string
+
+	workloads  map[string]*Workload // by UID
+	byIP       map[netip.Addr]*Workload
+	services   map[string]*Service // by Key()
+	byVIP      map[netip.Addr]*Service
+	workloadIx []string // UIDs, sorted
+	serviceIx  []string // keys, sorted
+}
+
+// NewSnapshot indexes workloads and services and computes each workload's
+// identity; the workloads and services become part of the snapshot and must
+// not be changed afterwards. It fails on an invalid identity or on duplicate UIDs,
+// workload IPs, service keys or VIPs, since any of those would make the data
+// path's answer depend on map order.
+func NewSnapshot(version string, workloads []*Workload, services []*Service) (*Snapshot, error) {
+	s := &Snapshot{
+		Version:   version,
+		workloads: make(map[string]*Workload, len(workloads)),
+		byIP:      make(map[netip.Addr]*Workload, len(workloads)),
+		services:  make(map[string]*Service, len(services)),
+		byVIP:     make(map[netip.Addr]*Service, len(services)),
+	}
+	for _, w := range workloads {
+		if _, dup := s.workloads[w.UID]; dup {
+			return nil, fmt.Errorf("workload %q: %w", w.UID, ErrDuplicate)
+		}
+		id, err := w.buildIdentity()
+		if err != nil {
+			return nil, fmt.Errorf("workload %q: identity: %w", w.UID, err)
+		}
+		w.id = id
+		s.workloads[w.UID] = w
+		s.workloadIx = append(s.workloadIx, w.UID)
+		for _, ip := range w.IPs {
+			if other, dup := s.byIP[ip]; dup {
+				return nil, fmt.Errorf("workload %q: address %s also used by %q: %w", w.UID, ip, other.UID, ErrDuplicate)
+			}
+			s.byIP[ip] = w
+		}
+	}
+	for _, svc := range services {
+		k := svc.Key()
+		if _, dup := s.services[k]; dup {
+			return nil, fmt.Errorf("service %q: %w", k, ErrDuplicate)
+		}
+		s.services[k] = svc
+		s.serviceIx = append(s.serviceIx, k)
+		for _, vip := range svc.VIPs {
+			if other, dup := s.byVIP[vip]; dup {
+				return nil, fmt.Errorf("service %q: VIP %s also used by %q: %w", k, vip, other.Key(), ErrDuplicate)
+			}
+			if w, dup := s.byIP[vip]; dup {
+				return nil, fmt.Errorf("service %q: VIP %s is workload %q's address: %w", k, vip, w.UID, ErrDuplicate)
+			}
+			s.byVIP[vip] = svc
+		}
+	}
+	sort.Strings(s.workloadIx)
+	sort.Strings(s.serviceIx)
+	return s, nil
+}
+
+// Empty is the snapshot before any source has delivered.
+var Empty = func() *Snapshot { s, _ := NewSnapshot("", nil, nil); return s }()
+
+// WorkloadByIP finds the workload owning ip.
+func (s *Snapshot) WorkloadByIP(ip netip.Addr) (*Workload, bool) {
+	w, ok := s.byIP[ip.Unmap()]
+	return w, ok
+}
+
+// Workload finds a workload by UID.
+func (s *Snapshot) Workload(uid string) (*Workload, bool) {
+	w, ok := s.workloads[uid]
+	return w, ok
+}
+
+// ServiceByVIP finds the service with virtual IP ip.
+func (s *Snapshot) ServiceByVIP(ip netip.Addr) (*Service, bool) {
+	svc, ok := s.byVIP[ip.Unmap()]
+	return svc, ok
+}
+
+// Service finds a service by its key "<namespace>/<hostname>".
+func (s *Snapshot) Service(key string) (*Service, bool) {
+	svc, ok := s.services[key]
+	return svc, ok
+}
+
+// Workloads lists all workloads ordered by UID.
+func (s *Snapshot) Workloads() []*Workload {
+	out := make([]*Workload, 0, len(s.workloadIx))
+	for _, uid := range s.workloadIx {
+		out = append(out, s.workloads[uid])
+	}
+	return out
+}
+
+// Services lists all services ordered by key.
+func (s *Snapshot) Services() []*Service {
+	out := make([]*Service, 0, len(s.serviceIx))
+	for _, k := range s.serviceIx {
+		out = append(out, s.services[k])
+	}
+	return out
+}
+
+// LocalWorkloads lists the workloads on node that the agent captures (HBONE
+// with a network namespace), ordered by UID.
+func (s *Snapshot) LocalWorkloads(node string) []*Workload {
+	var out []*Workload
+	for _, uid := range s.workloadIx {
+		w := s.workloads[uid]
+		if w.Node == node && w.Captured() && w.NetNS != "" {
+			out = append(out, w)
+		}
+	}
+	return out
+}
+
+// Store holds the current Snapshot. Readers call Load on every decision and
+// never hold a snapshot longer than one decision; writers Swap whole
+// snapshots.
+type Store struct {
+	cur atomic.Pointer[Snapshot]
+
+	mu   sync.Mutex
+	subs []func(old, new *Snapshot)
+}
+
+// NewStore starts with the Empty snapshot.
+func NewStore() *Store {
+	st := &Store{}
+	st.cur.Store(Empty)
+	return st
+}
+
+// Load returns the current snapshot. It never returns nil.
+func (st *Store) Load() *Snapshot { return st.cur.Load() }
+
+// Swap installs next and calls every subscriber, in subscription order, with
+// the previous and the new snapshot. Swaps are serialized, so subscribers see
+// every transition exactly once and in order.
+func (st *Store) Swap(next *Snapshot) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	old := st.cur.Swap(next)
+	for _, fn := range st.subs {
+		fn(old, next)
+	}
+}
+
+// Subscribe registers fn for future swaps.
+func (st *Store) Subscribe(fn func(old, new *Snapshot)) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	st.subs = append(st.subs, fn)
+}

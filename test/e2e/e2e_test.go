@@ -1,0 +1,592 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/warren-mesh/warren/netns"
+	"github.com/warren-mesh/warren/test/harness"
+	"github.com/warren-mesh/warren/test/testbed"
+)
+
+// agentBin finds warren-agent: $WARREN_BIN (set by `make test`), else
+// built into a temporary directory once per test binary.
+func agentBin(t *testing.T) string {
+	t.Helper()
+	if dir := os.Getenv("WARREN_BIN"); dir != "" {
+		return filepath.Join(dir, "warren-agent")
+	}
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "warren-e2e-bin-")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		builtBin = filepath.Join(dir, "warren-agent")
+		_, file, _, _ := runtime.Caller(0)
+		root := filepath.Join(filepath.Dir(file), "..", "..")
+		cmd := exec.Command("go", "build", "-o", builtBin, "./cmd/warren-agent")
+		cmd.Dir = root
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			buildErr = fmt.Errorf("building warren-agent: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return builtBin
+}
+
+var (
+	buildOnce sync.Once
+	builtBin  string
+	buildErr  error
+)
+
+func requireRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("end-to-end tests need root (network namespaces, veth, capture rules); CI runs them as root")
+	}
+}
+
+// startMesh builds a testbed with agents using backend and tears it down at
+// the end of the test, on success or failure.
+func startMesh(t *testing.T, backend string) *harness.Mesh {
+	t.Helper()
+	requireRoot(t)
+	bin := agentBin(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	m, err := harness.Start(ctx, harness.Options{AgentBin: bin, Redirect: backend, Log: slog.New(slog.NewTextHandler(testWriter{t}, nil))})
+	if err != nil {
+		t.Fatalf("starting mesh (%s): %v", backend, err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			for _, n := range m.TB.Nodes {
+				b, _ := os.ReadFile(m.LogPath(n.Name))
+				t.Logf("agent log %s (last 4 KiB):\n%s", n.Name, lastBytes(b, 4096))
+			}
+		}
+		if err := m.Close(); err != nil {
+			t.Errorf("tearing down mesh: %v", err)
+		}
+	})
+	for _, name := range []string{harness.Local, harness.Remote, harness.Plain} {
+		stop, err := m.Pod(name).ListenEcho(context.Background(), 8080)
+		if err != nil {
+			t.Fatalf("echo server in %s: %v", name, err)
+		}
+		t.Cleanup(stop)
+	}
+	return m
+}
+
+// TestMesh runs the whole end-to-end suite once per capture backend.
+func TestMesh(t *testing.T) {
+	for _, backend := range []string{"nftables", "iptables"} {
+		t.Run(backend, func(t *testing.T) {
+			if backend == "iptables" {
+				if _, err := exec.LookPath("iptables-restore"); err != nil {
+					t.Fatalf("iptables backend needs iptables-restore (make deps installs it): %v", err)
+				}
+			}
+			m := startMesh(t, backend)
+			t.Run("echo 64MiB across nodes", func(t *testing.T) { testBulkEcho(t, m, harness.Remote, 64<<20) })
+			t.Run("echo 64MiB same node", func(t *testing.T) { testBulkEcho(t, m, harness.Local, 64<<20) })
+			t.Run("200 concurrent connections", func(t *testing.T) { testConcurrent(t, m, 200) })
+			t.Run("half-close client first", func(t *testing.T) { testHalfCloseClientFirst(t, m) })
+			t.Run("half-close server first", func(t *testing.T) { testHalfCloseServerFirst(t, m) })
+			t.Run("server sees client pod IP", func(t *testing.T) { testSourceIP(t, m) })
+			t.Run("service VIP reaches both endpoints", func(t *testing.T) { testServiceVIP(t, m) })
+			t.Run("node link carries only TLS", func(t *testing.T) { testNoPlaintextOnWire(t, m) })
+			t.Run("plaintext with pods outside the mesh", func(t *testing.T) { testNonMesh(t, m) })
+			t.Run("destination outside the mesh", func(t *testing.T) { testOutsideMesh(t, m) })
+			t.Run("self loop refused", func(t *testing.T) { testSelfLoop(t, m) })
+			t.Run("access log", func(t *testing.T) { testAccessLog(t, m) })
+			t.Run("agent stop removes capture and restart serves", func(t *testing.T) { testRestart(t, m) })
+		})
+	}
+}
+
+func dst(p *testbed.Pod, port uint16) netip.AddrPort { return netip.AddrPortFrom(p.IP, port) }
+
+func dial(t *testing.T, from *testbed.Pod, to netip.AddrPort) *net.TCPConn {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := from.Dial(ctx, to.String())
+	if err != nil {
+		t.Fatalf("dial %s -> %s: %v", from.Name, to, err)
+	}
+	return c.(*net.TCPConn)
+}
+
+// testBulkEcho streams n random bytes to the echo server and checks the
+// echo byte for byte (by hash, concurrently with sending).
+func testBulkEcho(t *testing.T, m *harness.Mesh, server string, n int64) {
+	c := dial(t, m.Pod(harness.Client), dst(m.Pod(server), 8080))
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(60 * time.Second))
+	sent, got := sha256.New(), sha256.New()
+	var g errgroup.Group
+	g.Go(func() error {
+		_, err := io.Copy(io.MultiWriter(c, sent), io.LimitReader(rand.Reader, n))
+		if err != nil {
+			return err
+		}
+		return c.CloseWrite()
+	})
+	var echoed int64
+	g.Go(func() error {
+		var err error
+		echoed, err = io.Copy(got, c)
+		return err
+	})
+	if err := g.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	if echoed != n {
+		t.Fatalf("echoed %d bytes, want %d", echoed, n)
+	}
+	if !bytes.Equal(sent.Sum(nil), got.Sum(nil)) {
+		t.Fatal("echoed bytes differ from sent bytes")
+	}
+}
+
+func testConcurrent(t *testing.T, m *harness.Mesh, n int) {
+	var g errgroup.Group
+	for i := range n {
+		server := harness.Remote
+		if i%2 == 1 {
+			server = harness.Local
+		}
+		g.Go(func() error {
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			c, err := m.Pod(harness.Client).Dial(ctx, dst(m.Pod(server), 8080).String())
+			if err != nil {
+				return fmt.Errorf("conn %d: %w", i, err)
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(20 * time.Second))
+			msg := bytes.Repeat([]byte{byte(i)}, 10_000+i)
+			if _, err := c.Write(msg); err != nil {
+				return fmt.Errorf("conn %d write: %w", i, err)
+			}
+			c.(*net.TCPConn).CloseWrite()
+			got, err := io.ReadAll(c)
+			if err != nil {
+				return fmt.Errorf("conn %d read: %w", i, err)
+			}
+			if !bytes.Equal(got, msg) {
+				return fmt.Errorf("conn %d: echo of %d bytes differs (got %d)", i, len(msg), len(got))
+			}
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// testHalfCloseClientFirst: the client sends and half-closes; the server
+// must see EOF while its own direction stays open, and its reply must still
+// arrive after the client's FIN.
+func testHalfCloseClientFirst(t *testing.T, m *harness.Mesh) {
+	server := m.Pod(harness.Remote)
+	ln := listen(t, server, 9001)
+	c := dial(t, m.Pod(harness.Client), dst(server, 9001))
+	defer c.Close()
+	sc := accept(t, ln)
+	defer sc.Close()
+
+	c.Write([]byte("request"))
+	c.CloseWrite()
+	req, err := io.ReadAll(sc) // returns at the client's FIN
+	if err != nil || string(req) != "request" {
+		t.Fatalf("server read %q, %v; want \"request\" then EOF", req, err)
+	}
+	time.Sleep(100 * time.Millisecond) // the reply travels after the FIN, not with it
+	if _, err := sc.Write([]byte("reply")); err != nil {
+		t.Fatalf("server write after client FIN: %v", err)
+	}
+	sc.CloseWrite()
+	resp, err := io.ReadAll(c)
+	if err != nil || string(resp) != "reply" {
+		t.Fatalf("client read %q, %v; want \"reply\"", resp, err)
+	}
+}
+
+// testHalfCloseServerFirst: the server half-closes first; the client sees
+// EOF and can still send.
+func testHalfCloseServerFirst(t *testing.T, m *harness.Mesh) {
+	server := m.Pod(harness.Remote)
+	ln := listen(t, server, 9002)
+	c := dial(t, m.Pod(harness.Client), dst(server, 9002))
+	defer c.Close()
+	sc := accept(t, ln)
+	defer sc.Close()
+
+	sc.Write([]byte("banner"))
+	sc.CloseWrite()
+	banner, err := io.ReadAll(c)
+	if err != nil || string(banner) != "banner" {
+		t.Fatalf("client read %q, %v; want \"banner\" then EOF", banner, err)
+	}
+	if _, err := c.Write([]byte("late data")); err != nil {
+		t.Fatalf("client write after server FIN: %v", err)
+	}
+	c.CloseWrite()
+	late, err := io.ReadAll(sc)
+	if err != nil || string(late) != "late data" {
+		t.Fatalf("server read %q, %v; want \"late data\"", late, err)
+	}
+}
+
+func testSourceIP(t *testing.T, m *harness.Mesh) {
+	for _, server := range []string{harness.Remote, harness.Local} {
+		srv := m.Pod(server)
+		ln := listen(t, srv, 9003)
+		c := dial(t, m.Pod(harness.Client), dst(srv, 9003))
+		sc := accept(t, ln)
+		got := sc.RemoteAddr().(*net.TCPAddr).AddrPort().Addr().Unmap()
+		c.Close()
+		sc.Close()
+		ln.Close()
+		if want := m.Pod(harness.Client).IP; got != want {
+			t.Errorf("%s saw client address %s, want the client pod's %s", server, got, want)
+		}
+	}
+}
+
+func testServiceVIP(t *testing.T, m *harness.Mesh) {
+	// Each api pod answers with its own name on 9004; the VIP's port 80
+	// maps to 8080, so expose 9004 through a second service would need a new
+	// state file — instead check that echoes through the VIP succeed and
+	// that both endpoints were chosen, from the access log.
+	before, _ := m.Records()
+	for i := range 20 {
+		msg := []byte(fmt.Sprintf("vip-%d", i))
+		got := exchange(t, m.Pod(harness.Client), netip.AddrPortFrom(harness.ServiceVIP, 80), msg)
+		if !bytes.Equal(got, msg) {
+			t.Fatalf("echo through VIP: got %q, want %q", got, msg)
+		}
+	}
+	recs := waitRecords(t, m, before, func(r harness.Record) bool {
+		return r.Direction == "outbound" && r.DstService == "backend/api.backend.svc.cluster.local"
+	}, 20)
+	seen := map[string]int{}
+	for _, r := range recs {
+		seen[r.DstWorkload]++
+		if r.Path != "hbone" {
+			t.Errorf("VIP connection took path %q, want hbone", r.Path)
+		}
+	}
+	if seen["backend/"+harness.Local] == 0 || seen["backend/"+harness.Remote] == 0 {
+		t.Errorf("VIP connections went to %v, want both api endpoints", seen)
+	}
+}
+
+// testNoPlaintextOnWire captures the node-to-node link while a marker
+// crosses it and checks the marker never appears, and that the traffic was
+// TLS to port 15008.
+func testNoPlaintextOnWire(t *testing.T, m *harness.Mesh) {
+	ctx := context.Background()
+	stopCap, err := m.TB.Capture(ctx, m.TB.Nodes[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	marker := []byte("WARREN-PLAINTEXT-MARKER-" + strings.Repeat("x", 32))
+	payload := bytes.Repeat(marker, 200)
+	got := exchange(t, m.Pod(harness.Client), dst(m.Pod(harness.Remote), 8080), payload)
+	if !bytes.Equal(got, payload) {
+		t.Fatalf("echo mismatch through the tunnel")
+	}
+	time.Sleep(200 * time.Millisecond)
+	pcap, err := stopCap()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(pcap) < 1000 {
+		t.Fatalf("capture holds only %d bytes; did it see the traffic?", len(pcap))
+	}
+	if bytes.Contains(pcap, marker) {
+		t.Fatal("plaintext payload seen on the node-to-node link")
+	}
+	// A TLS 1.3 application-data record header: type 23, legacy version 3.3.
+	if !bytes.Contains(pcap, []byte{0x17, 0x03, 0x03}) {
+		t.Error("no TLS application data records in the capture")
+	}
+
+	// Control: plaintext to the non-mesh pod does show the marker, so the
+	// capture would have caught a leak.
+	stopCap, err = m.TB.Capture(ctx, m.TB.Nodes[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	exchange(t, m.Pod(harness.Client), dst(m.Pod(harness.Plain), 8080), payload)
+	time.Sleep(200 * time.Millisecond)
+	pcap, err = stopCap()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Contains(pcap, marker) {
+		t.Error("control: plaintext to the non-mesh pod not seen in the capture; the capture is not trustworthy")
+	}
+}
+
+func testNonMesh(t *testing.T, m *harness.Mesh) {
+	// Mesh pod -> non-mesh pod: passthrough.
+	msg := []byte("to legacy")
+	if got := exchange(t, m.Pod(harness.Client), dst(m.Pod(harness.Plain), 8080), msg); !bytes.Equal(got, msg) {
+		t.Errorf("mesh -> non-mesh echo: got %q", got)
+	}
+	// Non-mesh pod -> mesh pod: captured on 15006 and delivered, keeping
+	// the source address.
+	srv := m.Pod(harness.Remote)
+	ln := listen(t, srv, 9005)
+	c := dial(t, m.Pod(harness.Plain), dst(srv, 9005))
+	sc := accept(t, ln)
+	if got := sc.RemoteAddr().(*net.TCPAddr).AddrPort().Addr().Unmap(); got != m.Pod(harness.Plain).IP {
+		t.Errorf("mesh pod saw %s, want non-mesh client %s", got, m.Pod(harness.Plain).IP)
+	}
+	c.Write([]byte("ping"))
+	c.CloseWrite()
+	if b, _ := io.ReadAll(sc); string(b) != "ping" {
+		t.Errorf("mesh pod read %q, want ping", b)
+	}
+	sc.Close()
+	c.Close()
+	ln.Close()
+}
+
+// testOutsideMesh: a server in node2's namespace (an address in no
+// workload) is reached from an enrolled pod by passthrough.
+func testOutsideMesh(t *testing.T, m *harness.Mesh) {
+	node := m.TB.Nodes[1]
+	ns, err := netns.Open(node.NetNS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Close()
+	lc := net.ListenConfig{}
+	ln, err := ns.Listen(context.Background(), &lc, "tcp", netip.AddrPortFrom(node.Underlay, 9006).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		io.Copy(c, c)
+		c.Close()
+	}()
+	msg := []byte("outside")
+	if got := exchange(t, m.Pod(harness.Client), netip.AddrPortFrom(node.Underlay, 9006), msg); !bytes.Equal(got, msg) {
+		t.Fatalf("echo from outside the mesh: got %q", got)
+	}
+}
+
+func testSelfLoop(t *testing.T, m *harness.Mesh) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := m.Pod(harness.Client).Dial(ctx, dst(m.Pod(harness.Remote), 15001).String())
+	if err != nil {
+		return // refused at connect: fine
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	c.Write([]byte("loop"))
+	if b, err := io.ReadAll(c); err == nil && len(b) > 0 {
+		t.Fatalf("connection to port 15001 was served (%q); want it refused", b)
+	}
+}
+
+func testAccessLog(t *testing.T, m *harness.Mesh) {
+	before, _ := m.Records()
+	payload := bytes.Repeat([]byte("a"), 12345)
+	exchange(t, m.Pod(harness.Client), dst(m.Pod(harness.Remote), 8080), payload)
+	recs := waitRecords(t, m, before, func(r harness.Record) bool {
+		return r.DstWorkload == "backend/"+harness.Remote && r.BytesSent == 12345
+	}, 2)
+	sides := map[string]harness.Record{}
+	for _, r := range recs {
+		sides[r.Direction] = r
+	}
+	out, in := sides["outbound"], sides["inbound"]
+	if out.Node != "node1" || in.Node != "node2" {
+		t.Fatalf("want an outbound record on node1 and an inbound one on node2, got %+v", recs)
+	}
+	for _, r := range []harness.Record{out, in} {
+		if r.Path != "hbone" || r.BytesReceived != 12345 ||
+			r.SrcIdentity != "spiffe://cluster.local/ns/frontend/sa/web" || r.DstIdentity != "spiffe://cluster.local/ns/backend/sa/api" ||
+			r.SrcWorkload != "frontend/"+harness.Client {
+			t.Errorf("%s record: %+v", r.Direction, r)
+		}
+	}
+}
+
+// testRestart stops node2's agent: its pods' capture rules and listeners
+// must go (plain TCP to the pod then works directly, and nothing listens on
+// 15008); after a restart traffic flows through HBONE again.
+func testRestart(t *testing.T, m *harness.Mesh) {
+	remote := m.Pod(harness.Remote)
+	before := nftRules(t, remote)
+	if before == "" {
+		t.Logf("no nft rules listed in %s (iptables backend?)", remote.Name)
+	}
+	if err := m.StopAgent("node2"); err != nil {
+		t.Fatalf("stopping agent: %v", err)
+	}
+	if rules := nftRules(t, remote); strings.Contains(rules, "warren") {
+		t.Errorf("nftables rules left in %s after stop:\n%s", remote.Name, rules)
+	}
+	if out := run(t, remote, "iptables-save"); strings.Contains(out, "WARREN") {
+		t.Errorf("iptables rules left in %s after stop:\n%s", remote.Name, out)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	if c, err := m.Pod(harness.Plain).Dial(ctx, dst(remote, 15008).String()); err == nil {
+		c.Close()
+		t.Error("something still listens on 15008 in the pod after the agent stopped")
+	}
+	cancel()
+
+	ctx, cancel = context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := m.StartAgent(ctx, "node2"); err != nil {
+		t.Fatalf("restarting agent: %v", err)
+	}
+	testBulkEcho(t, m, harness.Remote, 1<<20)
+}
+
+// --- helpers ---
+
+func exchange(t *testing.T, from *testbed.Pod, to netip.AddrPort, msg []byte) []byte {
+	t.Helper()
+	c := dial(t, from, to)
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	var g errgroup.Group
+	g.Go(func() error {
+		if _, err := c.Write(msg); err != nil {
+			return err
+		}
+		return c.CloseWrite()
+	})
+	got, err := io.ReadAll(c)
+	if werr := g.Wait(); werr != nil && err == nil {
+		err = werr
+	}
+	if err != nil {
+		t.Fatalf("exchange %s -> %s: %v", from.Name, to, err)
+	}
+	return got
+}
+
+func listen(t *testing.T, p *testbed.Pod, port int) net.Listener {
+	t.Helper()
+	ns, err := netns.Open(p.NetNS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Close()
+	lc := net.ListenConfig{}
+	ln, err := ns.Listen(context.Background(), &lc, "tcp", fmt.Sprintf("0.0.0.0:%d", port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	return ln
+}
+
+func accept(t *testing.T, ln net.Listener) *net.TCPConn {
+	t.Helper()
+	ln.(*net.TCPListener).SetDeadline(time.Now().Add(5 * time.Second))
+	c, err := ln.Accept()
+	if err != nil {
+		t.Fatalf("accept: %v", err)
+	}
+	return c.(*net.TCPConn)
+}
+
+// waitRecords waits until at least n records written after before match
+// keep.
+func waitRecords(t *testing.T, m *harness.Mesh, before []harness.Record, keep func(harness.Record) bool, n int) []harness.Record {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		all, err := m.Records()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []harness.Record
+		for _, r := range harness.Since(before, all) {
+			if keep(r) {
+				out = append(out, r)
+			}
+		}
+		if len(out) >= n || time.Now().After(deadline) {
+			if len(out) < n {
+				t.Fatalf("found %d matching access-log records, want %d", len(out), n)
+			}
+			return out
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func nftRules(t *testing.T, p *testbed.Pod) string {
+	return run(t, p, "nft", "list", "ruleset")
+}
+
+func run(t *testing.T, p *testbed.Pod, name string, args ...string) string {
+	t.Helper()
+	var out []byte
+	err := netns.Do(p.NetNS, func() error {
+		var err error
+		out, err = exec.Command(name, args...).CombinedOutput()
+		return err
+	})
+	var ee *exec.ExitError
+	if err != nil && !errors.As(err, &ee) {
+		t.Fatalf("%s in %s: %v", name, p.Name, err)
+	}
+	return string(out)
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(b []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(b), "\n"))
+	return len(b), nil
+}
+
+func lastBytes(b []byte, n int) []byte {
+	if len(b) > n {
+		return b[len(b)-n:]
+	}
+	return b
+}
