@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"net/netip"
 	"strconv"
+	"strings"
 
 	"golang.org/x/net/http2/hpack"
 )
@@ -40,6 +41,25 @@ func forwardedValue(client netip.AddrPort, host string) string {
 		v += ";host=" + host
 	}
 	return v
+}
+
+// parseForwardedFor extracts the first for="ip:port" of an RFC 7239
+// forwarded header value. ok is false when there is none or it is not an
+// address (an obfuscated identifier, a hostname).
+func parseForwardedFor(v string) (netip.AddrPort, bool) {
+	elem, _, _ := strings.Cut(v, ",")
+	for _, pair := range strings.Split(elem, ";") {
+		k, val, found := strings.Cut(strings.TrimSpace(pair), "=")
+		if !found || !strings.EqualFold(k, "for") {
+			continue
+		}
+		ap, err := netip.ParseAddrPort(strings.Trim(val, `"`))
+		if err != nil {
+			return netip.AddrPort{}, false
+		}
+		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), true
+	}
+	return netip.AddrPort{}, false
 }
 
 // newTraceParent returns a W3C traceparent (version 00, random non-zero trace

@@ -96,3 +96,34 @@ func TestConfigValidate(t *testing.T) {
 		})
 	}
 }
+
+func TestParseForwardedFor(t *testing.T) {
+	cases := []struct {
+		in   string
+		want string // "" = not ok
+	}{
+		{`for="10.1.1.11:4242"`, "10.1.1.11:4242"},
+		{`for="10.1.1.11:4242";host=echo.b.svc.cluster.local`, "10.1.1.11:4242"},
+		{`host=x;for="[fd00::1]:80"`, "[fd00::1]:80"},
+		{`For="10.0.0.1:1", for="10.0.0.2:2"`, "10.0.0.1:1"},
+		{`for="[::ffff:10.0.0.3]:3"`, "10.0.0.3:3"},
+		{`for=_hidden`, ""},
+		{`for="10.0.0.1"`, ""},
+		{`host=x`, ""},
+		{``, ""},
+	}
+	for _, tc := range cases {
+		t.Run(tc.in, func(t *testing.T) {
+			got, ok := parseForwardedFor(tc.in)
+			if tc.want == "" {
+				if ok {
+					t.Fatalf("parseForwardedFor(%q) = %v, want none", tc.in, got)
+				}
+				return
+			}
+			if !ok || got.String() != tc.want {
+				t.Fatalf("parseForwardedFor(%q) = %v, %v; want %s", tc.in, got, ok, tc.want)
+			}
+		})
+	}
+}

@@ -62,6 +62,12 @@ type Inbound struct {
 	answered bool
 }
 
+// ForwardedFor is the client's original address as the peer stated it in
+// the forwarded header; ok is false when it sent none.
+func (in *Inbound) ForwardedFor() (netip.AddrPort, bool) {
+	return parseForwardedFor(in.Header.Get("Forwarded"))
+}
+
 // Accept answers 200 and returns the tunnelled byte stream.
 func (in *Inbound) Accept() (*Stream, error) {
 	if err := in.answer(http.StatusOK); err != nil {

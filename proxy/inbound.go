@@ -36,6 +36,11 @@ func NewInbound(cfg Config, store *state.Store, pods PodLookup, origDst OrigDstF
 func (in *Inbound) ServeHBONE(ctx context.Context, r *hbone.Inbound) {
 	rec := flow.Record{Direction: flow.Inbound, Start: time.Now(), Path: flow.PathHBONE,
 		Src: r.Remote, Dst: r.Authority, Target: r.Authority, SrcIdentity: r.Peer.String()}
+	// The client's own address, for the log, when its agent stated it and
+	// it agrees with where the tunnel comes from.
+	if fwd, ok := r.ForwardedFor(); ok && fwd.Addr() == r.Remote.Addr() {
+		rec.Src = fwd
+	}
 	defer func() {
 		rec.Duration = time.Since(rec.Start)
 		rec.Log(ctx, in.log)

@@ -124,6 +124,7 @@ func TestMesh(t *testing.T) {
 			t.Run("destination outside the mesh", func(t *testing.T) { testOutsideMesh(t, m) })
 			t.Run("self loop refused", func(t *testing.T) { testSelfLoop(t, m) })
 			t.Run("access log", func(t *testing.T) { testAccessLog(t, m) })
+			t.Run("state file change keeps connections", func(t *testing.T) { testConfigChange(t, m) })
 			t.Run("agent stop removes capture and restart serves", func(t *testing.T) { testRestart(t, m) })
 		})
 	}
@@ -449,6 +450,61 @@ func testAccessLog(t *testing.T, m *harness.Mesh) {
 	}
 }
 
+// testConfigChange rewrites the state file while a connection is open: the
+// new service works, the open connection keeps working, and a broken file
+// changes nothing.
+func testConfigChange(t *testing.T, m *harness.Mesh) {
+	c := dial(t, m.Pod(harness.Client), dst(m.Pod(harness.Remote), 8080))
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	roundTrip := func(msg string) {
+		t.Helper()
+		if _, err := c.Write([]byte(msg)); err != nil {
+			t.Fatalf("write on the open connection: %v", err)
+		}
+		buf := make([]byte, len(msg))
+		if _, err := io.ReadFull(c, buf); err != nil || string(buf) != msg {
+			t.Fatalf("open connection echoed %q, %v; want %q", buf, err, msg)
+		}
+	}
+	roundTrip("before")
+
+	vip2 := netip.MustParseAddrPort("10.96.0.21:80")
+	good := m.Config() + fmt.Sprintf(`- name: api2
+  namespace: backend
+  vips: [%s]
+  ports: {"80": 8080}
+  endpoints:
+  - workloadUid: Kubernetes//Pod/backend/%s
+`, vip2.Addr(), harness.Remote)
+	if err := m.WriteConfig(good); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "new service VIP to work", func() bool {
+		return tryExchange(m.Pod(harness.Client), vip2, []byte("new vip"))
+	})
+	roundTrip("after change")
+
+	if err := m.WriteConfig(good + "  bogusField: 1\n"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "agents to log the rejected state file", func() bool {
+		b, _ := os.ReadFile(m.LogPath("node1"))
+		return bytes.Contains(b, []byte("bogusField"))
+	})
+	if !tryExchange(m.Pod(harness.Client), vip2, []byte("still there")) {
+		t.Error("a broken state file removed the last good state")
+	}
+	roundTrip("after broken file")
+	if err := m.WriteConfig(m.Config()); err != nil {
+		t.Fatal(err)
+	}
+	c.CloseWrite()
+	if rest, err := io.ReadAll(c); err != nil || len(rest) != 0 {
+		t.Fatalf("after half-close read %q, %v; want clean EOF", rest, err)
+	}
+}
+
 // testRestart stops node2's agent: its pods' capture rules and listeners
 // must go (plain TCP to the pod then works directly, and nothing listens on
 // 15008); after a restart traffic flows through HBONE again.
@@ -506,15 +562,38 @@ func exchange(t *testing.T, from *testbed.Pod, to netip.AddrPort, msg []byte) []
 	return got
 }
 
+// tryExchange is exchange for polling: false instead of failing the test.
+func tryExchange(from *testbed.Pod, to netip.AddrPort, msg []byte) bool {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	c, err := from.Dial(ctx, to.String())
+	if err != nil {
+		return false
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(2 * time.Second))
+	if _, err := c.Write(msg); err != nil {
+		return false
+	}
+	c.(*net.TCPConn).CloseWrite()
+	got, err := io.ReadAll(c)
+	return err == nil && bytes.Equal(got, msg)
+}
+
+func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", timeout, what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
 func listen(t *testing.T, p *testbed.Pod, port int) net.Listener {
 	t.Helper()
-	ns, err := netns.Open(p.NetNS)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ns.Close()
-	lc := net.ListenConfig{}
-	ln, err := ns.Listen(context.Background(), &lc, "tcp", fmt.Sprintf("0.0.0.0:%d", port))
+	ln, err := p.Listen(context.Background(), "tcp", fmt.Sprintf("0.0.0.0:%d", port))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,6 +1,7 @@
 package harness
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -249,6 +250,13 @@ func (m *Mesh) Close() error {
 	for _, n := range nodes {
 		if err := m.StopAgent(n); err != nil {
 			errs = append(errs, err)
+		}
+	}
+	// A race-enabled agent reports data races on its output and carries
+	// on; make them fail the run.
+	for _, n := range nodes {
+		if b, err := os.ReadFile(m.LogPath(n)); err == nil && bytes.Contains(b, []byte("WARNING: DATA RACE")) {
+			errs = append(errs, fmt.Errorf("agent on %s reported a data race: %s", n, tail(m.LogPath(n), 4000)))
 		}
 	}
 	if m.TB != nil {
