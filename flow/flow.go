@@ -5,6 +5,8 @@ import (
 	"log/slog"
 	"net/netip"
 	"time"
+
+	"github.com/warren-mesh/warren/state"
 )
 
 // Direction says which side of the tunnel an agent saw a connection on.
@@ -59,16 +61,27 @@ const (
 	ReasonIdentity Reason = "identity_unavailable"
 )
 
-// Record is what the access log says about one connection, at close.
+// Record is what Warren knows about one connection: filled in as the
+// connection is decided and opened, completed at close, then written once to
+// the access log and counted in metrics.
 type Record struct {
+	// Source, Dest and Service are the state objects the connection was
+	// matched to (nil when unknown), for metric labels and the config dump.
+	Source  *state.Workload
+	Dest    *state.Workload
+	Service *state.Service
+	// MTLS is true when the connection was carried in (or arrived over) an
+	// HBONE tunnel, i.e. with mutual TLS.
+	MTLS bool
+
 	Direction   Direction
 	Path        Path
 	Src, Dst    netip.AddrPort // application's view: client and original destination
-	SrcWorkload string         // "namespace/name", empty when unknown
-	DstWorkload string
-	SrcIdentity string // SPIFFE IDs, empty when unknown
+	// SrcIdentity and DstIdentity are SPIFFE IDs as authenticated (the
+	// peer's certificate inbound, the expected identity outbound); empty
+	// when unknown or not mutual TLS.
+	SrcIdentity string
 	DstIdentity string
-	DstService  string // "namespace/hostname" when addressed through a service
 	Target      netip.AddrPort
 	Sent        int64 // bytes from client to server
 	Received    int64 // bytes from server to client
@@ -90,11 +103,11 @@ func (r *Record) Log(ctx context.Context, log *slog.Logger) {
 		slog.String("path", string(r.Path)),
 		slog.String("src.addr", addr(r.Src)),
 		slog.String("dst.addr", addr(r.Dst)),
-		slog.String("src.workload", r.SrcWorkload),
-		slog.String("dst.workload", r.DstWorkload),
+		slog.String("src.workload", workloadName(r.Source)),
+		slog.String("dst.workload", workloadName(r.Dest)),
 		slog.String("src.identity", r.SrcIdentity),
 		slog.String("dst.identity", r.DstIdentity),
-		slog.String("dst.service", r.DstService),
+		slog.String("dst.service", serviceName(r.Service)),
 		slog.String("target", addr(r.Target)),
 		slog.Int64("bytes_sent", r.Sent),
 		slog.Int64("bytes_received", r.Received),
@@ -114,4 +127,20 @@ func addr(a netip.AddrPort) string {
 		return ""
 	}
 	return a.String()
+}
+
+// workloadName is "namespace/name", or "" for nil.
+func workloadName(w *state.Workload) string {
+	if w == nil {
+		return ""
+	}
+	return w.Namespace + "/" + w.Name
+}
+
+// serviceName is the service key "namespace/hostname", or "" for nil.
+func serviceName(s *state.Service) string {
+	if s == nil {
+		return ""
+	}
+	return s.Key()
 }

@@ -34,7 +34,7 @@ func NewInbound(cfg Config, store *state.Store, pods PodLookup, origDst OrigDstF
 // ServeHBONE handles one CONNECT stream: find the pod, connect to the
 // application from the client's address, and only then answer 200.
 func (in *Inbound) ServeHBONE(ctx context.Context, r *hbone.Inbound) {
-	rec := flow.Record{Direction: flow.Inbound, Start: time.Now(), Path: flow.PathHBONE,
+	rec := flow.Record{Direction: flow.Inbound, Start: time.Now(), Path: flow.PathHBONE, MTLS: true,
 		Src: r.Remote, Dst: r.Authority, Target: r.Authority, SrcIdentity: r.Peer.String()}
 	// The client's own address, for the log, when its agent stated it and
 	// it agrees with where the tunnel comes from.
@@ -49,10 +49,8 @@ func (in *Inbound) ServeHBONE(ctx context.Context, r *hbone.Inbound) {
 	// Decide.
 	snap := in.store.Load()
 	pod, reason := in.destination(snap, r.Authority.Addr(), &rec)
-	if reason == flow.ReasonNone {
-		if w, ok := snap.WorkloadByIP(r.Remote.Addr()); ok {
-			rec.SrcWorkload = w.Namespace + "/" + w.Name
-		}
+	if w, ok := snap.WorkloadByIP(r.Remote.Addr()); ok {
+		rec.Source = w
 	}
 	if reason != flow.ReasonNone {
 		rec.Path, rec.Reason = flow.PathDenied, reason
@@ -114,7 +112,7 @@ func (in *Inbound) handlePlain(ctx context.Context, c *net.TCPConn) {
 	snap := in.store.Load()
 	pod, reason := in.destination(snap, dst.Addr(), &rec)
 	if w, ok := snap.WorkloadByIP(rec.Src.Addr()); ok {
-		rec.SrcWorkload = w.Namespace + "/" + w.Name
+		rec.Source = w
 	}
 	if reason != flow.ReasonNone {
 		rec.Path, rec.Reason = flow.PathDenied, reason
@@ -143,7 +141,7 @@ func (in *Inbound) destination(snap *state.Snapshot, ip netip.Addr, rec *flow.Re
 	if !ok {
 		return nil, flow.ReasonUnknownDestination
 	}
-	rec.DstWorkload = w.Namespace + "/" + w.Name
+	rec.Dest = w
 	rec.DstIdentity = w.Identity().String()
 	return pod, flow.ReasonNone
 }

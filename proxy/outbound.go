@@ -116,18 +116,13 @@ func (o *Outbound) handle(ctx context.Context, c *net.TCPConn, pod *Pod) {
 
 // describePlan fills the access-log fields known once the plan is made.
 func describePlan(rec *flow.Record, src *state.Workload, plan classify.Plan) {
+	rec.Source, rec.Dest, rec.Service = src, plan.Dest, plan.Service
 	if src != nil {
-		rec.SrcWorkload = src.Namespace + "/" + src.Name
 		rec.SrcIdentity = src.Identity().String()
 	}
-	if plan.Dest != nil {
-		rec.DstWorkload = plan.Dest.Namespace + "/" + plan.Dest.Name
-		if plan.Action == classify.HBONE {
-			rec.DstIdentity = plan.Dest.Identity().String()
-		}
-	}
-	if plan.Service != nil {
-		rec.DstService = plan.Service.Key()
+	if plan.Action == classify.HBONE {
+		rec.MTLS = true
+		rec.DstIdentity = plan.Dest.Identity().String()
 	}
 	rec.Target = plan.Target
 	rec.Reason = plan.Reason
