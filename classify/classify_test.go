@@ -39,7 +39,7 @@ func testSnapshot(t testing.TB) *state.Snapshot {
 		{Name: "empty", Namespace: "b", Hostname: "empty.b.svc.cluster.local", VIPs: []netip.Addr{ip("10.96.0.40")},
 			Ports: map[uint16]uint16{80: 8080}, Endpoints: []state.Endpoint{{WorkloadUID: "gone"}, {WorkloadUID: "noip"}}},
 	}
-	snap, err := state.NewSnapshot("test", ws, ss)
+	snap, err := state.NewSnapshot("test", ws, ss, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

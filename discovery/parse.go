@@ -278,7 +278,7 @@ func build(version string, cfg *fileConfig) (*state.Snapshot, error) {
 	if len(b.errs) > 0 {
 		return nil, errors.Join(b.errs...)
 	}
-	snap, err := state.NewSnapshot(version, workloads, b.services)
+	snap, err := state.NewSnapshot(version, workloads, b.services, nil)
 	if err != nil {
 		return nil, fmt.Errorf("indexing config: %w", err)
 	}

@@ -18,6 +18,8 @@ type Snapshot struct {
 	byIP       map[netip.Addr]*Workload
 	services   map[string]*Service // by Key()
 	byVIP      map[netip.Addr]*Service
+	policies   map[string]*Policy // by Key()
+	policyIx   []string
 	workloadIx []string // UIDs, sorted
 	serviceIx  []string // keys, sorted
 }
@@ -27,13 +29,14 @@ type Snapshot struct {
 // not be changed afterwards. It fails on an invalid identity or on duplicate UIDs,
 // workload IPs, service keys or VIPs, since any of those would make the data
 // path's answer depend on map order.
-func NewSnapshot(version string, workloads []*Workload, services []*Service) (*Snapshot, error) {
+func NewSnapshot(version string, workloads []*Workload, services []*Service, policies []*Policy) (*Snapshot, error) {
 	s := &Snapshot{
 		Version:   version,
 		workloads: make(map[string]*Workload, len(workloads)),
 		byIP:      make(map[netip.Addr]*Workload, len(workloads)),
 		services:  make(map[string]*Service, len(services)),
 		byVIP:     make(map[netip.Addr]*Service, len(services)),
+		policies:  make(map[string]*Policy, len(policies)),
 	}
 	for _, w := range workloads {
 		if _, dup := s.workloads[w.UID]; dup {
@@ -70,13 +73,22 @@ func NewSnapshot(version string, workloads []*Workload, services []*Service) (*S
 			s.byVIP[vip] = svc
 		}
 	}
+	for _, p := range policies {
+		k := p.Key()
+		if _, dup := s.policies[k]; dup {
+			return nil, fmt.Errorf("policy %q: %w", k, ErrDuplicate)
+		}
+		s.policies[k] = p
+		s.policyIx = append(s.policyIx, k)
+	}
+	sort.Strings(s.policyIx)
 	sort.Strings(s.workloadIx)
 	sort.Strings(s.serviceIx)
 	return s, nil
 }
 
 // Empty is the snapshot before any source has delivered.
-var Empty = func() *Snapshot { s, _ := NewSnapshot("", nil, nil); return s }()
+var Empty = func() *Snapshot { s, _ := NewSnapshot("", nil, nil, nil); return s }()
 
 // WorkloadByIP finds the workload owning ip.
 func (s *Snapshot) WorkloadByIP(ip netip.Addr) (*Workload, bool) {
@@ -116,6 +128,21 @@ func (s *Snapshot) Services() []*Service {
 	out := make([]*Service, 0, len(s.serviceIx))
 	for _, k := range s.serviceIx {
 		out = append(out, s.services[k])
+	}
+	return out
+}
+
+// Policy finds a policy by its key "<namespace>/<name>".
+func (s *Snapshot) Policy(key string) (*Policy, bool) {
+	p, ok := s.policies[key]
+	return p, ok
+}
+
+// Policies lists all policies ordered by key.
+func (s *Snapshot) Policies() []*Policy {
+	out := make([]*Policy, 0, len(s.policyIx))
+	for _, k := range s.policyIx {
+		out = append(out, s.policies[k])
 	}
 	return out
 }

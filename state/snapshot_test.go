@@ -38,7 +38,7 @@ func TestNewSnapshotRejects(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := NewSnapshot("v", tc.ws, tc.ss)
+			_, err := NewSnapshot("v", tc.ws, tc.ss, nil)
 			if err == nil {
 				t.Fatal("NewSnapshot accepted invalid input")
 			}
@@ -57,7 +57,7 @@ func TestSnapshotLookups(t *testing.T) {
 		wl("d", "x", "node2", ProtocolHBONE, "/run/netns/d", "10.0.0.4"),
 		wl("e", "x", "node1", ProtocolHBONE, "", "10.0.0.5"),
 	}
-	s, err := NewSnapshot("v1", ws, nil)
+	s, err := NewSnapshot("v1", ws, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -87,7 +87,7 @@ func TestStoreSwapNotifiesInOrder(t *testing.T) {
 	var seen []string
 	st.Subscribe(func(old, new *Snapshot) { seen = append(seen, old.Version+">"+new.Version) })
 	for _, v := range []string{"1", "2"} {
-		s, _ := NewSnapshot(v, nil, nil)
+		s, _ := NewSnapshot(v, nil, nil, nil)
 		st.Swap(s)
 	}
 	if want := []string{">1", "1>2"}; !slices.Equal(seen, want) {

@@ -38,6 +38,9 @@ type Workload struct {
 	CanonicalName     string
 	CanonicalRevision string
 	ClusterID         string
+	// AuthorizationPolicies are the keys ("<namespace>/<name>") of the
+	// workload-selector policies that apply to this workload.
+	AuthorizationPolicies []string
 	// NetNS is the path of the pod's network namespace; set only for pods
 	// on this agent's node that the agent must capture.
 	NetNS string
