@@ -36,6 +36,7 @@ type Agent struct {
 	capture  redirect.Redirector
 	pool     *hbone.Pool
 	tunnels  *hbone.Server
+	conns    *proxy.Tracker
 	outbound *proxy.Outbound
 	inbound  *proxy.Inbound
 	pods     *podSet
@@ -87,8 +88,10 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 		return nil, err
 	}
 	a.pool = hbone.NewPool(cfg.HBONE, log)
-	a.outbound = proxy.NewOutbound(cfg.proxy(), a.store, cls, poolTunnel{a.pool}, a.ids.Bundle(), redirect.OriginalDst, log)
-	a.inbound = proxy.NewInbound(cfg.proxy(), a.store, a.pods, redirect.OriginalDst, log)
+	a.conns = proxy.NewTracker()
+	env := proxy.Env{Store: a.store, Tracker: a.conns, Observer: proxy.NopObserver{}, OrigDst: redirect.OriginalDst, Log: log}
+	a.outbound = proxy.NewOutbound(cfg.proxy(), env, cls, poolTunnel{a.pool}, a.ids.Bundle())
+	a.inbound = proxy.NewInbound(cfg.proxy(), env, a.pods)
 	a.tunnels = hbone.NewServer(cfg.HBONE, a.inbound, log)
 
 	fileCfg := discovery.DefaultFileConfig()

@@ -18,6 +18,8 @@ import (
 // (as an hbone.Handler) and captured plaintext on 15006.
 type Inbound struct {
 	cfg     Config
+	track   *Tracker
+	obs     Observer
 	store   *state.Store
 	pods    PodLookup
 	origDst OrigDstFunc
@@ -27,53 +29,60 @@ type Inbound struct {
 var _ hbone.Handler = (*Inbound)(nil)
 
 // NewInbound wires the inbound path.
-func NewInbound(cfg Config, store *state.Store, pods PodLookup, origDst OrigDstFunc, log *slog.Logger) *Inbound {
-	return &Inbound{cfg: cfg, store: store, pods: pods, origDst: origDst, log: log.With("component", "inbound")}
+func NewInbound(cfg Config, env Env, pods PodLookup) *Inbound {
+	return &Inbound{cfg: cfg, track: env.Tracker, obs: env.Observer, store: env.Store, pods: pods,
+		origDst: env.OrigDst, log: env.Log.With("component", "inbound")}
 }
 
 // ServeHBONE handles one CONNECT stream: find the pod, connect to the
 // application from the client's address, and only then answer 200.
 func (in *Inbound) ServeHBONE(ctx context.Context, r *hbone.Inbound) {
-	rec := flow.Record{Direction: flow.Inbound, Start: time.Now(), Path: flow.PathHBONE, MTLS: true,
+	rec := &flow.Record{Direction: flow.Inbound, Start: time.Now(), Path: flow.PathHBONE, MTLS: true,
 		Src: r.Remote, Dst: r.Authority, Target: r.Authority, SrcIdentity: r.Peer.String()}
 	// The client's own address, for the log, when its agent stated it and
 	// it agrees with where the tunnel comes from.
 	if fwd, ok := r.ForwardedFor(); ok && fwd.Addr() == r.Remote.Addr() {
 		rec.Src = fwd
 	}
-	defer func() {
-		rec.Duration = time.Since(rec.Start)
-		rec.Log(ctx, in.log)
-	}()
-
-	// Decide.
-	snap := in.store.Load()
-	pod, reason := in.destination(snap, r.Authority.Addr(), &rec)
-	if w, ok := snap.WorkloadByIP(r.Remote.Addr()); ok {
-		rec.Source = w
-	}
-	if reason != flow.ReasonNone {
-		rec.Path, rec.Reason = flow.PathDenied, reason
-		_ = r.Reject(http.StatusServiceUnavailable)
-		return
-	}
-
-	// Act.
-	dctx, cancel := context.WithTimeout(ctx, in.cfg.ConnectTimeout)
-	app, err := pod.DialFrom(dctx, r.Remote.Addr(), r.Authority)
-	cancel()
+	app, err := in.openHBONE(ctx, r, rec)
 	if err != nil {
-		rec.Reason, rec.Err = flow.ReasonUpstreamConnect, err
+		rec.Err = err
+	}
+	if app == nil {
 		_ = r.Reject(http.StatusServiceUnavailable)
+		run(ctx, in.track, in.obs, in.log, rec, nil, nil)
 		return
 	}
 	st, err := r.Accept()
 	if err != nil {
 		rec.Reason, rec.Err = flow.ReasonUpstreamConnect, err
-		abort(app.(*net.TCPConn))
+		run(ctx, in.track, in.obs, in.log, rec, app, nil)
 		return
 	}
-	rec.Sent, rec.Received, rec.Err = Forward(st, app.(*net.TCPConn))
+	run(ctx, in.track, in.obs, in.log, rec, st, app)
+}
+
+// openHBONE decides on a tunnelled connection and connects to the
+// application from the client's address; nil means refused.
+func (in *Inbound) openHBONE(ctx context.Context, r *hbone.Inbound, rec *flow.Record) (Duplex, error) {
+	// Decide.
+	snap := in.store.Load()
+	rec.Source, _ = snap.WorkloadByIP(r.Remote.Addr())
+	pod, reason := in.destination(snap, r.Authority.Addr(), rec)
+	if reason != flow.ReasonNone {
+		rec.Path, rec.Reason = flow.PathDenied, reason
+		return nil, nil
+	}
+
+	// Act.
+	ctx, cancel := context.WithTimeout(ctx, in.cfg.ConnectTimeout)
+	defer cancel()
+	app, err := pod.DialFrom(ctx, r.Remote.Addr(), r.Authority)
+	if err != nil {
+		rec.Reason = flow.ReasonUpstreamConnect
+		return nil, err
+	}
+	return app.(*net.TCPConn), nil
 }
 
 // ServePlain accepts captured plaintext for pod on ln (its 15006 listener)
@@ -96,39 +105,40 @@ func (in *Inbound) ServePlain(ctx context.Context, ln net.Listener, pod *Pod) er
 }
 
 func (in *Inbound) handlePlain(ctx context.Context, c *net.TCPConn) {
-	rec := flow.Record{Direction: flow.InboundPlain, Start: time.Now(), Path: flow.PathPassthrough, Src: addrPort(c.RemoteAddr())}
-	defer func() {
-		rec.Duration = time.Since(rec.Start)
-		rec.Log(ctx, in.log)
-	}()
+	rec := &flow.Record{Direction: flow.InboundPlain, Start: time.Now(), Path: flow.PathPassthrough, Src: addrPort(c.RemoteAddr())}
+	app, err := in.openPlain(ctx, c, rec)
+	if err != nil {
+		rec.Err = err
+	}
+	run(ctx, in.track, in.obs, in.log, rec, c, app)
+}
+
+// openPlain decides on a captured plaintext connection and connects to the
+// application from the client's address; nil means refused.
+func (in *Inbound) openPlain(ctx context.Context, c *net.TCPConn, rec *flow.Record) (Duplex, error) {
 	dst, err := in.origDst(c)
 	if err != nil {
-		rec.Path, rec.Reason, rec.Err = flow.PathDenied, flow.ReasonUnknownDestination, err
-		abort(c)
-		return
+		rec.Path, rec.Reason = flow.PathDenied, flow.ReasonUnknownDestination
+		return nil, err
 	}
 	rec.Dst, rec.Target = dst, dst
 
 	snap := in.store.Load()
-	pod, reason := in.destination(snap, dst.Addr(), &rec)
-	if w, ok := snap.WorkloadByIP(rec.Src.Addr()); ok {
-		rec.Source = w
-	}
+	rec.Source, _ = snap.WorkloadByIP(rec.Src.Addr())
+	pod, reason := in.destination(snap, dst.Addr(), rec)
 	if reason != flow.ReasonNone {
 		rec.Path, rec.Reason = flow.PathDenied, reason
-		abort(c)
-		return
+		return nil, nil
 	}
 
-	dctx, cancel := context.WithTimeout(ctx, in.cfg.ConnectTimeout)
-	app, err := pod.DialFrom(dctx, rec.Src.Addr(), dst)
-	cancel()
+	ctx, cancel := context.WithTimeout(ctx, in.cfg.ConnectTimeout)
+	defer cancel()
+	app, err := pod.DialFrom(ctx, rec.Src.Addr(), dst)
 	if err != nil {
-		rec.Reason, rec.Err = flow.ReasonUpstreamConnect, err
-		abort(c)
-		return
+		rec.Reason = flow.ReasonUpstreamConnect
+		return nil, err
 	}
-	rec.Sent, rec.Received, rec.Err = Forward(c, app.(*net.TCPConn))
+	return app.(*net.TCPConn), nil
 }
 
 // destination finds the local pod serving ip and records it in rec.

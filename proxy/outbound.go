@@ -21,6 +21,8 @@ type OrigDstFunc func(c *net.TCPConn) (netip.AddrPort, error)
 // Outbound serves connections captured from local pods on 15001.
 type Outbound struct {
 	cfg     Config
+	track   *Tracker
+	obs     Observer
 	store   *state.Store
 	cls     *classify.Classifier
 	tun     Tunnel
@@ -30,8 +32,9 @@ type Outbound struct {
 }
 
 // NewOutbound wires the outbound path.
-func NewOutbound(cfg Config, store *state.Store, cls *classify.Classifier, tun Tunnel, bundle Bundle, origDst OrigDstFunc, log *slog.Logger) *Outbound {
-	return &Outbound{cfg: cfg, store: store, cls: cls, tun: tun, bundle: bundle, origDst: origDst, log: log.With("component", "outbound")}
+func NewOutbound(cfg Config, env Env, cls *classify.Classifier, tun Tunnel, bundle Bundle) *Outbound {
+	return &Outbound{cfg: cfg, track: env.Tracker, obs: env.Observer, store: env.Store, cls: cls, tun: tun, bundle: bundle,
+		origDst: env.OrigDst, log: env.Log.With("component", "outbound")}
 }
 
 // Serve accepts on ln (the pod's 15001 listener) until it is closed. Each
@@ -54,16 +57,21 @@ func (o *Outbound) Serve(ctx context.Context, ln net.Listener, pod *Pod) error {
 }
 
 func (o *Outbound) handle(ctx context.Context, c *net.TCPConn, pod *Pod) {
-	rec := flow.Record{Direction: flow.Outbound, Start: time.Now(), Src: addrPort(c.RemoteAddr())}
-	defer func() {
-		rec.Duration = time.Since(rec.Start)
-		rec.Log(ctx, o.log)
-	}()
+	rec := &flow.Record{Direction: flow.Outbound, Start: time.Now(), Src: addrPort(c.RemoteAddr())}
+	up, err := o.open(ctx, c, pod, rec)
+	if err != nil {
+		rec.Err = err
+	}
+	run(ctx, o.track, o.obs, o.log, rec, c, up)
+}
+
+// open decides what to do with c and opens its upstream; a nil Duplex
+// means refused, with rec.Reason saying why.
+func (o *Outbound) open(ctx context.Context, c *net.TCPConn, pod *Pod, rec *flow.Record) (Duplex, error) {
 	dst, err := o.origDst(c)
 	if err != nil {
-		rec.Path, rec.Reason, rec.Err = flow.PathDenied, flow.ReasonUnknownDestination, err
-		abort(c)
-		return
+		rec.Path, rec.Reason = flow.PathDenied, flow.ReasonUnknownDestination
+		return nil, err
 	}
 	rec.Dst = dst
 
@@ -71,20 +79,18 @@ func (o *Outbound) handle(ctx context.Context, c *net.TCPConn, pod *Pod) {
 	snap := o.store.Load()
 	src, _ := snap.Workload(pod.UID)
 	plan := o.cls.Outbound(snap, src, dst)
-	describePlan(&rec, src, plan)
+	describePlan(rec, src, plan)
 
 	// Act.
 	ctx, cancel := context.WithTimeout(ctx, o.cfg.ConnectTimeout)
+	defer cancel()
 	var up Duplex
 	switch plan.Action {
 	case classify.Deny:
-		cancel()
-		abort(c)
-		return
+		return nil, nil
 	case classify.Passthrough:
 		var nc net.Conn
-		nc, err = pod.Dial(ctx, plan.Target)
-		if err == nil {
+		if nc, err = pod.Dial(ctx, plan.Target); err == nil {
 			up = nc.(*net.TCPConn)
 		}
 	case classify.HBONE:
@@ -100,18 +106,15 @@ func (o *Outbound) handle(ctx context.Context, c *net.TCPConn, pod *Pod) {
 			Forwarded: rec.Src,
 		})
 	}
-	cancel()
 	if err != nil {
-		rec.Err = err
 		rec.Reason = flow.ReasonUpstreamConnect
 		var se *hbone.StatusError
 		if errors.As(err, &se) {
 			rec.Reason = flow.ReasonTunnelRefused
 		}
-		abort(c)
-		return
+		return nil, err
 	}
-	rec.Sent, rec.Received, rec.Err = Forward(c, up)
+	return up, nil
 }
 
 // describePlan fills the access-log fields known once the plan is made.

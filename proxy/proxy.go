@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"time"
@@ -12,6 +13,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"github.com/warren-mesh/warren/hbone"
+	"github.com/warren-mesh/warren/state"
 )
 
 // Config tunes the proxy.
@@ -37,6 +39,15 @@ func (c Config) Validate() error {
 		return fmt.Errorf("proxy: ConnectTimeout %v must be positive", c.ConnectTimeout)
 	}
 	return nil
+}
+
+// Env is what the outbound and inbound paths share.
+type Env struct {
+	Store    *state.Store
+	Tracker  *Tracker
+	Observer Observer
+	OrigDst  OrigDstFunc
+	Log      *slog.Logger
 }
 
 // DialFunc connects from inside a pod to dst.
