@@ -8,17 +8,20 @@ import (
 	"net"
 	"net/http"
 	"sort"
-	"strings"
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/warren-mesh/warren/admin"
 	"github.com/warren-mesh/warren/ca"
 	"github.com/warren-mesh/warren/classify"
 	"github.com/warren-mesh/warren/discovery"
 	"github.com/warren-mesh/warren/hbone"
 	"github.com/warren-mesh/warren/identity"
+	"github.com/warren-mesh/warren/logging"
+	"github.com/warren-mesh/warren/metrics"
 	"github.com/warren-mesh/warren/proxy"
 	"github.com/warren-mesh/warren/redirect"
 	"github.com/warren-mesh/warren/state"
@@ -40,7 +43,12 @@ type Agent struct {
 	outbound *proxy.Outbound
 	inbound  *proxy.Inbound
 	pods     *podSet
-	ready    *http.Server
+	admin    *admin.Server
+	quit     chan struct{} // closed by /quitquitquit
+	quitOnce sync.Once
+	registry *prometheus.Registry
+	metrics  *metrics.Metrics
+	promSrv  *http.Server
 
 	ctx    context.Context // lives from Start to Stop; parent of every connection
 	cancel context.CancelFunc
@@ -49,7 +57,9 @@ type Agent struct {
 }
 
 // New builds an agent from cfg without touching the system; Start does.
-func New(cfg Config, log *slog.Logger) (*Agent, error) {
+// log must be built on levels' handler, so that the admin endpoint's
+// /logging changes what it writes.
+func New(cfg Config, log *slog.Logger, levels *logging.Levels) (*Agent, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("agent config: %w", err)
 	}
@@ -57,7 +67,7 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 	if err != nil {
 		return nil, fmt.Errorf("agent config: trust domain %q: %w", cfg.TrustDomain, err)
 	}
-	a := &Agent{cfg: cfg, log: log.With("component", "agent"), trustDomain: td, kick: make(chan struct{}, 1)}
+	a := &Agent{cfg: cfg, log: log.With("component", "agent"), trustDomain: td, kick: make(chan struct{}, 1), quit: make(chan struct{})}
 	a.store = state.NewStore()
 	a.pods = newPodSet(a)
 
@@ -88,8 +98,17 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 		return nil, err
 	}
 	a.pool = hbone.NewPool(cfg.HBONE, log)
+	a.registry = metrics.NewRegistry()
+	mcfg := metrics.DefaultConfig()
+	mcfg.ClusterID, mcfg.TrustDomain = cfg.ClusterID, cfg.TrustDomain
+	if a.metrics, err = metrics.New(mcfg, a.registry); err != nil {
+		return nil, fmt.Errorf("metrics: %w", err)
+	}
+	a.metrics.WatchPool(a.pool.Stats)
+	a.metrics.WatchCertificates(a.ids.Identities)
+
 	a.conns = proxy.NewTracker()
-	env := proxy.Env{Store: a.store, Tracker: a.conns, Observer: proxy.NopObserver{}, OrigDst: redirect.OriginalDst, Log: log}
+	env := proxy.Env{Store: a.store, Tracker: a.conns, Observer: a.metrics, OrigDst: redirect.OriginalDst, Log: log}
 	a.outbound = proxy.NewOutbound(cfg.proxy(), env, cls, poolTunnel{a.pool}, a.ids.Bundle())
 	a.inbound = proxy.NewInbound(cfg.proxy(), env, a.pods)
 	a.tunnels = hbone.NewServer(cfg.HBONE, a.inbound, log)
@@ -97,6 +116,15 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 	fileCfg := discovery.DefaultFileConfig()
 	fileCfg.Path = cfg.ConfigFile
 	a.source = discovery.NewFile(fileCfg, a.store, log)
+	a.source.Report(func(ok bool) { a.metrics.ConfigUpdate("file", ok) })
+
+	adminCfg := admin.DefaultConfig()
+	adminCfg.AdminAddr, adminCfg.ReadinessAddr, adminCfg.Node, adminCfg.Version = cfg.AdminAddr, cfg.ReadinessAddr, cfg.Node, Version
+	adminCfg.Settings = cfg
+	quit := func() { a.quitOnce.Do(func() { close(a.quit) }) }
+	if a.admin, err = admin.New(adminCfg, (*adminSource)(a), levels, quit, log); err != nil {
+		return nil, err
+	}
 	return a, nil
 }
 
@@ -110,7 +138,10 @@ func (a *Agent) Start(ctx context.Context) error {
 	if err := a.ids.Start(ctx); err != nil {
 		return fmt.Errorf("starting identity manager: %w", err)
 	}
-	if err := a.startReadiness(); err != nil {
+	if err := a.admin.Start(); err != nil {
+		return fmt.Errorf("starting admin and readiness servers: %w", err)
+	}
+	if err := a.startMetrics(); err != nil {
 		return err
 	}
 	a.store.Subscribe(func(_, _ *state.Snapshot) {
@@ -168,12 +199,19 @@ func (a *Agent) Stop(ctx context.Context) error {
 		errs = append(errs, fmt.Errorf("closing tunnel pool: %w", err))
 	}
 	a.ids.Stop()
-	if a.ready != nil {
-		a.ready.Close()
+	if err := a.admin.Stop(ctx); err != nil {
+		errs = append(errs, fmt.Errorf("stopping admin server: %w", err))
+	}
+	if a.promSrv != nil {
+		a.promSrv.Close()
 	}
 	a.log.Info("agent stopped")
 	return errors.Join(errs...)
 }
+
+// Quit is closed when an operator asks the agent to exit
+// (POST /quitquitquit); the caller then calls Stop.
+func (a *Agent) Quit() <-chan struct{} { return a.quit }
 
 // Pending lists what keeps the agent from being ready; empty means ready.
 func (a *Agent) Pending() []string {
@@ -191,27 +229,22 @@ func (a *Agent) Pending() []string {
 	return out
 }
 
-// startReadiness serves Istio's readiness endpoint: 200 "ready\n" when
-// nothing is pending, else 500 naming what is.
-func (a *Agent) startReadiness() error {
-	if a.cfg.ReadinessAddr == "" {
+// startMetrics serves Prometheus metrics on MetricsAddr, at both paths
+// Istio's tooling scrapes.
+func (a *Agent) startMetrics() error {
+	if a.cfg.MetricsAddr == "" {
 		return nil
 	}
-	ln, err := net.Listen("tcp", a.cfg.ReadinessAddr)
+	ln, err := net.Listen("tcp", a.cfg.MetricsAddr)
 	if err != nil {
-		return fmt.Errorf("readiness listener %s: %w", a.cfg.ReadinessAddr, err)
+		return fmt.Errorf("metrics listener %s: %w", a.cfg.MetricsAddr, err)
 	}
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /healthz/ready", func(w http.ResponseWriter, _ *http.Request) {
-		if p := a.Pending(); len(p) > 0 {
-			w.WriteHeader(http.StatusInternalServerError)
-			fmt.Fprintf(w, "not ready: %s\n", strings.Join(p, "; "))
-			return
-		}
-		fmt.Fprint(w, "ready\n")
-	})
-	a.ready = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	go a.ready.Serve(ln)
+	h := metrics.Handler(a.registry)
+	mux.Handle("GET /metrics", h)
+	mux.Handle("GET /stats/prometheus", h)
+	a.promSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go a.promSrv.Serve(ln)
 	return nil
 }
 

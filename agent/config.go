@@ -34,8 +34,16 @@ type Config struct {
 	// Redirect selects the capture backend: "nftables" (default: needs no
 	// binaries) or "iptables" (iptables-restore on the host).
 	Redirect string
+	// AdminAddr serves /config_dump, /logging, /quitquitquit and pprof
+	// (Istio: 127.0.0.1:15000); it must stay on loopback.
+	AdminAddr string
 	// ReadinessAddr serves GET /healthz/ready (Istio: :15021).
 	ReadinessAddr string
+	// MetricsAddr serves Prometheus metrics at /metrics and
+	// /stats/prometheus (Istio: :15020).
+	MetricsAddr string
+	// ClusterID labels metrics of workloads that do not name their cluster.
+	ClusterID string
 	// DrainTimeout bounds how long Stop waits for open tunnels.
 	DrainTimeout time.Duration
 	// RetryInterval is how often a pod that failed to enrol is retried.
@@ -56,7 +64,10 @@ func DefaultConfig() Config {
 		TrustDomain:   "cluster.local",
 		CertTTL:       24 * time.Hour,
 		Redirect:      BackendNFTables,
+		AdminAddr:     "127.0.0.1:15000",
 		ReadinessAddr: ":15021",
+		MetricsAddr:   ":15020",
+		ClusterID:     "Kubernetes",
 		DrainTimeout:  5 * time.Second,
 		RetryInterval: 2 * time.Second,
 		Capture:       redirect.DefaultConfig(),

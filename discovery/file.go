@@ -73,6 +73,8 @@ type File struct {
 
 	ready   atomic.Bool
 	applied atomic.Uint64
+	// report, when set, is told about every applied or rejected version.
+	report func(ok bool)
 	errors  atomic.Uint64
 	// checks counts debounced re-reads, so tests can tell that one happened
 	// even when it changed nothing.
@@ -162,6 +164,16 @@ func (f *File) LastError() error {
 	return f.lastErr
 }
 
+// Report registers fn to be told about every version applied (true) or
+// rejected (false), for metrics. Call it before Start.
+func (f *File) Report(fn func(ok bool)) { f.report = fn }
+
+func (f *File) reported(ok bool) {
+	if f.report != nil {
+		f.report(ok)
+	}
+}
+
 // Applied counts the snapshots swapped into the store, the first included.
 func (f *File) Applied() uint64 { return f.applied.Load() }
 
@@ -232,6 +244,7 @@ func (f *File) reload() error {
 		// A missing file is often a moment in a non-atomic replace; the
 		// create that ends it triggers another read.
 		f.errors.Add(1)
+		f.reported(false)
 		f.setErr(err)
 		return err
 	}
@@ -249,12 +262,14 @@ func (f *File) reload() error {
 		err = fmt.Errorf("version %s: %w", v, err)
 		f.badHash = v
 		f.errors.Add(1)
+		f.reported(false)
 		f.setErr(err)
 		return err
 	}
 	f.store.Swap(snap)
 	f.goodHash, f.badHash = v, ""
 	f.applied.Add(1)
+	f.reported(true)
 	f.setErr(nil)
 	f.ready.Store(true)
 	f.log.Info("config file applied", "version", v,

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/warren-mesh/warren/agent"
+	"github.com/warren-mesh/warren/logging"
 )
 
 func main() {
@@ -35,19 +36,20 @@ func run() error {
 	flag.StringVar(&cfg.TrustDomain, "trust-domain", cfg.TrustDomain, "SPIFFE trust domain")
 	flag.DurationVar(&cfg.CertTTL, "cert-ttl", cfg.CertTTL, "workload certificate lifetime")
 	flag.StringVar(&cfg.Redirect, "redirect", cfg.Redirect, "capture backend: nftables or iptables")
+	flag.StringVar(&cfg.AdminAddr, "admin-addr", cfg.AdminAddr, "admin address (/config_dump, /logging, /quitquitquit, pprof); keep it on loopback")
 	flag.StringVar(&cfg.ReadinessAddr, "readiness-addr", cfg.ReadinessAddr, "readiness endpoint address (GET /healthz/ready)")
-	logLevel := flag.String("log-level", "info", "log level: debug, info, warn, error")
+	flag.StringVar(&cfg.MetricsAddr, "metrics-addr", cfg.MetricsAddr, "Prometheus metrics address (/metrics, /stats/prometheus)")
+	flag.StringVar(&cfg.ClusterID, "cluster-id", cfg.ClusterID, "cluster name for metric labels of workloads that do not name theirs")
+	logLevel := flag.String("log-level", "info", `log levels: "info", or per component "info,hbone:debug,proxy=warn"`)
 	logFormat := flag.String("log-format", "json", "log format: json or text")
 	flag.Parse()
 	if flag.NArg() > 0 {
 		return fmt.Errorf("unexpected arguments %q", flag.Args())
 	}
 
-	var level slog.Level
-	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
-		return fmt.Errorf("--log-level: %w", err)
-	}
-	opts := &slog.HandlerOptions{Level: level}
+	// Every record reaches the level filter, which decides per component;
+	// POST /logging changes it at run time.
+	opts := &slog.HandlerOptions{Level: slog.LevelDebug}
 	var h slog.Handler
 	switch *logFormat {
 	case "json":
@@ -57,9 +59,13 @@ func run() error {
 	default:
 		return fmt.Errorf("--log-format: %q is not json or text", *logFormat)
 	}
-	log := slog.New(h)
+	levels := logging.New(h, slog.LevelInfo)
+	if err := levels.Init(*logLevel); err != nil {
+		return fmt.Errorf("--log-level: %w", err)
+	}
+	log := slog.New(levels.Handler())
 
-	a, err := agent.New(cfg, log)
+	a, err := agent.New(cfg, log, levels)
 	if err != nil {
 		return err
 	}
@@ -71,8 +77,12 @@ func run() error {
 		_ = a.Stop(sctx)
 		return err
 	}
-	<-ctx.Done()
-	log.Info("signal received, shutting down")
+	select {
+	case <-ctx.Done():
+		log.Info("signal received, shutting down")
+	case <-a.Quit():
+		log.Info("quit requested, shutting down")
+	}
 	sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	return a.Stop(sctx)

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -22,6 +23,7 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
+	"github.com/warren-mesh/warren/admin"
 	"github.com/warren-mesh/warren/netns"
 	"github.com/warren-mesh/warren/test/harness"
 	"github.com/warren-mesh/warren/test/testbed"
@@ -124,6 +126,9 @@ func TestMesh(t *testing.T) {
 			t.Run("destination outside the mesh", func(t *testing.T) { testOutsideMesh(t, m) })
 			t.Run("self loop refused", func(t *testing.T) { testSelfLoop(t, m) })
 			t.Run("access log", func(t *testing.T) { testAccessLog(t, m) })
+			t.Run("metrics count the bytes sent", func(t *testing.T) { testMetrics(t, m) })
+			t.Run("config dump lists a live connection", func(t *testing.T) { testConfigDump(t, m) })
+			t.Run("readiness names a pod that cannot be enrolled", func(t *testing.T) { testReadiness(t, m) })
 			t.Run("state file change keeps connections", func(t *testing.T) { testConfigChange(t, m) })
 			t.Run("agent stop removes capture and restart serves", func(t *testing.T) { testRestart(t, m) })
 		})
@@ -448,6 +453,157 @@ func testAccessLog(t *testing.T, m *harness.Mesh) {
 			t.Errorf("%s record: %+v", r.Direction, r)
 		}
 	}
+}
+
+// testMetrics sends a known number of bytes each way over a fresh
+// connection and checks that both agents' istio_tcp_* counters moved by
+// exactly that much, in Istio's direction convention (received = client to
+// server, from the reporter's workload's point of view).
+func testMetrics(t *testing.T, m *harness.Mesh) {
+	ctx := context.Background()
+	const up, down = 10_000, 77
+	type probe struct {
+		node, name string
+		labels     map[string]string
+	}
+	labels := func(reporter string) map[string]string {
+		return map[string]string{"reporter": reporter, "source_workload": harness.Client, "destination_workload": harness.Remote,
+			"source_principal": "spiffe://cluster.local/ns/frontend/sa/web", "connection_security_policy": "mutual_tls"}
+	}
+	probes := []probe{
+		{"node1", "istio_tcp_received_bytes_total", labels("source")},
+		{"node1", "istio_tcp_sent_bytes_total", labels("source")},
+		{"node2", "istio_tcp_received_bytes_total", labels("destination")},
+		{"node2", "istio_tcp_sent_bytes_total", labels("destination")},
+		{"node1", "istio_tcp_connections_closed_total", labels("source")},
+		{"node2", "istio_tcp_connections_opened_total", labels("destination")},
+	}
+	read := func() []float64 {
+		out := make([]float64, len(probes))
+		for i, p := range probes {
+			v, err := m.Metric(ctx, p.node, p.name, p.labels)
+			if err != nil {
+				t.Fatal(err)
+			}
+			out[i] = v
+		}
+		return out
+	}
+	before := read()
+
+	srv := m.Pod(harness.Remote)
+	ln := listen(t, srv, 9007)
+	c := dial(t, m.Pod(harness.Client), dst(srv, 9007))
+	sc := accept(t, ln)
+	c.Write(bytes.Repeat([]byte("u"), up))
+	c.CloseWrite()
+	if b, _ := io.ReadAll(sc); len(b) != up {
+		t.Fatalf("server read %d bytes, want %d", len(b), up)
+	}
+	sc.Write(bytes.Repeat([]byte("d"), down))
+	sc.Close()
+	if b, _ := io.ReadAll(c); len(b) != down {
+		t.Fatalf("client read %d bytes, want %d", len(b), down)
+	}
+	c.Close()
+
+	want := []float64{up, down, up, down, 1, 1}
+	var got []float64
+	waitFor(t, 5*time.Second, "metrics to count the connection", func() bool {
+		got = read()
+		for i := range want {
+			if got[i]-before[i] != want[i] {
+				return false
+			}
+		}
+		return true
+	})
+	_ = got
+}
+
+// testConfigDump holds a connection open and finds it in the destination
+// agent's /config_dump, under the destination pod, with the client's address
+// and identity; the dump also lists the pods and their certificates.
+func testConfigDump(t *testing.T, m *harness.Mesh) {
+	srv := m.Pod(harness.Remote)
+	ln := listen(t, srv, 9008)
+	c := dial(t, m.Pod(harness.Client), dst(srv, 9008))
+	defer c.Close()
+	sc := accept(t, ln)
+	defer sc.Close()
+
+	var dump admin.Dump
+	uid := "Kubernetes//Pod/backend/" + harness.Remote
+	waitFor(t, 5*time.Second, "the connection in the config dump", func() bool {
+		code, body, err := m.Get(context.Background(), "node2", 15000, "/config_dump")
+		if err != nil || code != 200 {
+			t.Fatalf("config_dump: %d, %v", code, err)
+		}
+		dump = admin.Dump{}
+		if err := json.Unmarshal(body, &dump); err != nil {
+			t.Fatalf("decoding config_dump: %v", err)
+		}
+		ws, ok := dump.WorkloadState[uid]
+		if !ok || ws.Connections == nil {
+			return false
+		}
+		for _, conn := range ws.Connections.Inbound {
+			if strings.HasPrefix(conn.Src, m.Pod(harness.Client).IP.String()+":") &&
+				conn.OriginalDst == dst(srv, 9008).String() && conn.SrcIdentity == "spiffe://cluster.local/ns/frontend/sa/web" {
+				return true
+			}
+		}
+		return false
+	})
+	if ws := dump.WorkloadState[uid]; ws.State != "Up" {
+		t.Errorf("workloadState[%s].state = %q, want Up", uid, ws.State)
+	}
+	if len(dump.Workloads) != 4 || len(dump.Services) != 1 {
+		t.Errorf("dump lists %d workloads and %d services, want 4 and 1", len(dump.Workloads), len(dump.Services))
+	}
+	if len(dump.Certificates) != 1 {
+		t.Errorf("node2 dump lists %d certificates, want 1 (backend/api)", len(dump.Certificates))
+	}
+}
+
+// testReadiness adds a pod whose network namespace does not exist: node2's
+// readiness must turn 500 and name it, node1's stay 200, and removing the
+// pod again makes node2 ready.
+func testReadiness(t *testing.T, m *harness.Mesh) {
+	ghost := fmt.Sprintf(`- uid: Kubernetes//Pod/backend/ghost
+  name: ghost
+  namespace: backend
+  serviceAccount: api
+  workloadIps: [%s]
+  node: node2
+  protocol: HBONE
+  netns: /run/netns/%s-does-not-exist
+`, m.TB.Node("node2").Gateway.Next().Next(), m.TB.Prefix())
+	cfg := strings.Replace(m.Config(), "services:\n", ghost+"services:\n", 1)
+	if err := m.WriteConfig(cfg); err != nil {
+		t.Fatal(err)
+	}
+	ready := func(node string) (int, string) {
+		code, body, err := m.Get(context.Background(), node, 15021, "/healthz/ready")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return code, string(body)
+	}
+	waitFor(t, 5*time.Second, "node2 to report the ghost pod", func() bool {
+		code, body := ready("node2")
+		return code == 500 && strings.Contains(body, "Kubernetes//Pod/backend/ghost")
+	})
+	if code, body := ready("node1"); code != 200 {
+		t.Errorf("node1 readiness %d %q, want 200: the ghost pod is not its own", code, body)
+	}
+	if err := m.WriteConfig(m.Config()); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "node2 to be ready again", func() bool {
+		code, _ := ready("node2")
+		return code == 200
+	})
 }
 
 // testConfigChange rewrites the state file while a connection is open: the
