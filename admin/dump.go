@@ -27,6 +27,9 @@ type Dump struct {
 	WorkloadState map[string]WorkloadState `json:"workloadState"`
 	Config        json.RawMessage          `json:"config,omitempty"`
 	Version       BuildInfo                `json:"version"`
+	// StateVersion names the snapshot the dump shows (Warren's addition:
+	// it tells when a state change has been applied).
+	StateVersion string `json:"stateVersion,omitempty"`
 }
 
 // Workload is ztunnel's rendering of istio.workload.Workload.
@@ -296,6 +299,7 @@ func buildDump(in dumpInput) *Dump {
 	if snap == nil {
 		snap = state.Empty
 	}
+	d.StateVersion = snap.Version
 	for _, w := range snap.Workloads() {
 		d.Workloads = append(d.Workloads, renderWorkload(w))
 	}

@@ -144,7 +144,12 @@ func (a *Agent) Start(ctx context.Context) error {
 	if err := a.startMetrics(); err != nil {
 		return err
 	}
-	a.store.Subscribe(func(_, _ *state.Snapshot) {
+	a.store.Subscribe(func(_, next *state.Snapshot) {
+		// Policies may have changed: connections they now deny are closed
+		// at once, before the next decision is made.
+		if n := a.inbound.Reauthorize(next); n > 0 {
+			a.log.Info("closed connections denied by new policy", "count", n, "version", next.Version)
+		}
 		select {
 		case a.kick <- struct{}{}:
 		default:

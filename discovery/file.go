@@ -75,7 +75,7 @@ type File struct {
 	applied atomic.Uint64
 	// report, when set, is told about every applied or rejected version.
 	report func(ok bool)
-	errors  atomic.Uint64
+	errors atomic.Uint64
 	// checks counts debounced re-reads, so tests can tell that one happened
 	// even when it changed nothing.
 	checks atomic.Uint64
@@ -249,7 +249,7 @@ func (f *File) reload() error {
 		return err
 	}
 	f.followSymlink()
-	v := version(data)
+	v := Version(data)
 	switch v {
 	case f.goodHash:
 		f.setErr(nil)
@@ -257,7 +257,7 @@ func (f *File) reload() error {
 	case f.badHash:
 		return nil
 	}
-	snap, err := Parse(data)
+	snap, warnings, err := ParseWithWarnings(data)
 	if err != nil {
 		err = fmt.Errorf("version %s: %w", v, err)
 		f.badHash = v
@@ -272,8 +272,14 @@ func (f *File) reload() error {
 	f.reported(true)
 	f.setErr(nil)
 	f.ready.Store(true)
+	// Once per applied version, like the rest of this function's logs: the
+	// policy is in force, but not as its author wrote it.
+	for _, w := range warnings {
+		f.log.Warn("config file policy not enforced as written", "version", v, "warning", w)
+	}
 	f.log.Info("config file applied", "version", v,
-		"workloads", len(snap.Workloads()), "services", len(snap.Services()))
+		"workloads", len(snap.Workloads()), "services", len(snap.Services()),
+		"policies", len(snap.Policies()))
 	return nil
 }
 

@@ -92,7 +92,7 @@ func start(t *testing.T, path string) *fixture {
 // waitVersion waits until the store holds the snapshot of data.
 func (fx *fixture) waitVersion(t *testing.T, data []byte) {
 	t.Helper()
-	want := version(data)
+	want := Version(data)
 	eventually(t, "version "+want, func() bool { return fx.store.Load().Version == want })
 }
 
@@ -110,7 +110,7 @@ func TestFileStart(t *testing.T) {
 	writeAtomic(t, path, data)
 	fx := start(t, path)
 
-	if got, want := fx.store.Load().Version, version(data); got != want {
+	if got, want := fx.store.Load().Version, Version(data); got != want {
 		t.Errorf("Version = %q, want %q", got, want)
 	}
 	if _, ok := fx.store.Load().Workload("w1"); !ok {
@@ -138,7 +138,7 @@ func TestFileStartFails(t *testing.T) {
 	}{
 		{"missing file", filepath.Join(dir, "missing.yaml"), "loading config file: open "},
 		{"missing directory", filepath.Join(dir, "nodir", "c.yaml"), "watching config file directory: "},
-		{"bad content", bad, `loading config file: version ` + version([]byte(badConfig)) + `: workloads[0].workloadIps[0]: "10.0.0.x" is not an IP address`},
+		{"bad content", bad, `loading config file: version ` + Version([]byte(badConfig)) + `: workloads[0].workloadIps[0]: "10.0.0.x" is not an IP address`},
 		{"no path", "", "config file source: path: required"},
 	}
 	for _, tt := range tests {
@@ -195,10 +195,10 @@ func TestFileBadKeepsLastGood(t *testing.T) {
 	fx := start(t, path)
 
 	fx.waitCheck(t, func() { writeAtomic(t, path, []byte(badConfig)) })
-	if got, want := fx.store.Load().Version, version(good); got != want {
+	if got, want := fx.store.Load().Version, Version(good); got != want {
 		t.Errorf("Version = %q after a bad write, want the last good %q", got, want)
 	}
-	wantErr := `version ` + version([]byte(badConfig)) + `: workloads[0].workloadIps[0]: "10.0.0.x" is not an IP address`
+	wantErr := `version ` + Version([]byte(badConfig)) + `: workloads[0].workloadIps[0]: "10.0.0.x" is not an IP address`
 	if err := fx.file.LastError(); err == nil || err.Error() != wantErr {
 		t.Errorf("LastError = %v, want %s", err, wantErr)
 	}

@@ -17,6 +17,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"sigs.k8s.io/yaml"
 
+	"github.com/warren-mesh/warren/authz"
 	"github.com/warren-mesh/warren/state"
 )
 
@@ -39,12 +40,18 @@ func (e *FieldError) Error() string {
 // The file's schema. Field names follow Istio's workload API in camelCase
 // (as in ztunnel's /config_dump), so a dump and a config file read alike.
 type fileConfig struct {
-	TrustDomain string         `json:"trustDomain"`
-	Workloads   []fileWorkload `json:"workloads"`
-	Services    []fileService  `json:"services"`
-	// Policies are accepted only empty until authorization lands; RawMessage
-	// keeps the shape check from judging their contents.
-	Policies []json.RawMessage `json:"policies"`
+	TrustDomain string `json:"trustDomain"`
+	// RootNamespace is Istio's meshConfig.rootNamespace, for the scope of
+	// authorizationPolicies and peerAuthentications.
+	RootNamespace string         `json:"rootNamespace"`
+	Workloads     []fileWorkload `json:"workloads"`
+	Services      []fileService  `json:"services"`
+	// Policies are in the form istiod sends ztunnel (Authorization).
+	Policies []filePolicy `json:"policies"`
+	// AuthorizationPolicies and PeerAuthentications are Istio's Kubernetes
+	// objects, pasted as they are.
+	AuthorizationPolicies []fileObject `json:"authorizationPolicies"`
+	PeerAuthentications   []fileObject `json:"peerAuthentications"`
 }
 
 type fileWorkload struct {
@@ -62,6 +69,12 @@ type fileWorkload struct {
 	CanonicalName     string   `json:"canonicalName"`
 	CanonicalRevision string   `json:"canonicalRevision"`
 	ClusterID         string   `json:"clusterId"`
+	// Labels are the pod's labels, matched by the selectors of
+	// authorizationPolicies and peerAuthentications.
+	Labels map[string]string `json:"labels"`
+	// AuthorizationPolicies name ("<namespace>/<name>") the workload-selector
+	// policies of `policies` that apply to the workload.
+	AuthorizationPolicies []string `json:"authorizationPolicies"`
 }
 
 type fileService struct {
@@ -82,49 +95,68 @@ type fileEndpoint struct {
 // Parse converts the bytes of a config file into a Snapshot whose Version is
 // a short hash of the bytes. It has no side effects. On failure it returns
 // every problem found, each a *FieldError naming its field, joined with
-// errors.Join in file order (YAML syntax errors excepted: they stop parsing).
+// errors.Join in file order (YAML syntax errors excepted: they stop parsing;
+// references between sections are checked last).
 func Parse(data []byte) (*state.Snapshot, error) {
+	snap, _, err := ParseWithWarnings(data)
+	return snap, err
+}
+
+// ParseWithWarnings is Parse that also returns warnings about accepted
+// content that is not enforced as written: Istio policy parts that L4 cannot
+// check, dropped or narrowed as authz.FromAuthorizationPolicy explains. Each
+// warning starts with the path of the policy it concerns.
+func ParseWithWarnings(data []byte) (*state.Snapshot, []string, error) {
+	snap, warnings, err := parse(data)
+	if err != nil {
+		return nil, nil, err
+	}
+	return snap, warnings, nil
+}
+
+func parse(data []byte) (*state.Snapshot, []string, error) {
 	// Strict conversion rejects duplicate keys, which plain YAML would
 	// silently resolve to the last one.
 	j, err := yaml.YAMLToJSONStrict(data)
 	if err != nil {
-		return nil, fmt.Errorf("parsing YAML: %w", err)
+		return nil, nil, fmt.Errorf("parsing YAML: %w", err)
 	}
 	dec := json.NewDecoder(bytes.NewReader(j))
 	dec.UseNumber()
 	var doc any
 	if err := dec.Decode(&doc); err != nil {
-		return nil, fmt.Errorf("decoding YAML: %w", err)
+		return nil, nil, fmt.Errorf("decoding YAML: %w", err)
 	}
 	switch doc.(type) {
 	case nil:
 		// Most likely a file caught while being truncated and rewritten;
 		// a deliberately empty mesh is written "workloads: []".
-		return nil, &FieldError{Msg: "config is empty"}
+		return nil, nil, &FieldError{Msg: "config is empty"}
 	case map[string]any:
 	default:
-		return nil, &FieldError{Msg: "expected a map at the top level, got " + describe(doc)}
+		return nil, nil, &FieldError{Msg: "expected a map at the top level, got " + describe(doc)}
 	}
 	// Check the shape first, ourselves, because encoding/json names neither
 	// the list index of an unknown field nor stops at the first one.
 	var shape []error
 	checkShape("", doc, reflect.TypeFor[fileConfig](), &shape)
 	if len(shape) > 0 {
-		return nil, errors.Join(shape...)
+		return nil, nil, errors.Join(shape...)
 	}
 	var cfg fileConfig
 	dec = json.NewDecoder(bytes.NewReader(j))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&cfg); err != nil {
 		// Unreachable once the shape check passed; kept as a guard.
-		return nil, fmt.Errorf("decoding config: %w", err)
+		return nil, nil, fmt.Errorf("decoding config: %w", err)
 	}
-	return build(version(data), &cfg)
+	return build(Version(data), &cfg)
 }
 
-// version is the short sha256 of a file's bytes: 48 bits tell apart the few
+// Version is the short sha256 of a file's bytes, which names the snapshot
+// it becomes (Snapshot.Version): 48 bits tell apart the few
 // versions one file goes through, and stay readable in logs.
-func version(data []byte) string {
+func Version(data []byte) string {
 	sum := sha256.Sum256(data)
 	return hex.EncodeToString(sum[:6])
 }
@@ -153,6 +185,12 @@ func checkShape(path string, v any, t reflect.Type, errs *[]error) {
 		if _, ok := v.(string); !ok {
 			mismatch("a string")
 		}
+	case reflect.Bool:
+		if _, ok := v.(bool); !ok {
+			mismatch("a boolean")
+		}
+	case reflect.Pointer:
+		checkShape(path, v, t.Elem(), errs)
 	case reflect.Slice:
 		list, ok := v.([]any)
 		if !ok {
@@ -229,7 +267,8 @@ func describe(v any) string {
 // in the order they are found. Its indexes remember which entry (by position
 // in the file) claimed a UID, address or service key first.
 type builder struct {
-	errs []error
+	errs     []error
+	warnings []string
 
 	workloads []fileWorkload
 	byUID     map[string]int
@@ -238,6 +277,11 @@ type builder struct {
 	services []*state.Service
 	byKey    map[string]int
 	byVIP    map[netip.Addr]int
+
+	policies []*state.Policy
+	// byPolicy names the entry that defined each policy key, e.g.
+	// "policies[2]", for duplicate errors.
+	byPolicy map[string]string
 }
 
 func (b *builder) add(path, format string, args ...any) {
@@ -247,13 +291,14 @@ func (b *builder) add(path, format string, args ...any) {
 // build validates cfg and converts it into Warren's types. Every rule that
 // NewSnapshot enforces (unique UIDs, addresses, keys; valid identities) is
 // checked here first, so that the error names the field.
-func build(version string, cfg *fileConfig) (*state.Snapshot, error) {
+func build(version string, cfg *fileConfig) (*state.Snapshot, []string, error) {
 	b := &builder{
 		workloads: cfg.Workloads,
 		byUID:     make(map[string]int, len(cfg.Workloads)),
 		byIP:      make(map[netip.Addr]int, len(cfg.Workloads)),
 		byKey:     make(map[string]int, len(cfg.Services)),
 		byVIP:     make(map[netip.Addr]int, len(cfg.Services)),
+		byPolicy:  make(map[string]string),
 	}
 	defaultTD := state.DefaultTrustDomain
 	if cfg.TrustDomain != "" {
@@ -270,19 +315,30 @@ func build(version string, cfg *fileConfig) (*state.Snapshot, error) {
 		b.services = append(b.services, b.service(i, fs))
 	}
 
-	if len(cfg.Policies) > 0 {
-		// The authorization issue defines their format; until then refusing
-		// them beats silently not enforcing them.
-		b.add("policies", "not supported yet")
+	root := authz.DefaultRootNamespace
+	if cfg.RootNamespace != "" {
+		root = cfg.RootNamespace
+		b.namespace("rootNamespace", root)
 	}
+	for i, fp := range cfg.Policies {
+		b.addPolicy(fmt.Sprintf("policies[%d]", i), b.policy(i, fp))
+	}
+	for i, obj := range cfg.AuthorizationPolicies {
+		b.authorizationPolicy(fmt.Sprintf("authorizationPolicies[%d]", i), obj, root, workloads)
+	}
+	for i, obj := range cfg.PeerAuthentications {
+		b.peerAuthentication(fmt.Sprintf("peerAuthentications[%d]", i), obj, root, workloads)
+	}
+	b.policyRefs(cfg.Workloads)
+
 	if len(b.errs) > 0 {
-		return nil, errors.Join(b.errs...)
+		return nil, nil, errors.Join(b.errs...)
 	}
-	snap, err := state.NewSnapshot(version, workloads, b.services, nil)
+	snap, err := state.NewSnapshot(version, workloads, b.services, b.policies)
 	if err != nil {
-		return nil, fmt.Errorf("indexing config: %w", err)
+		return nil, nil, fmt.Errorf("indexing config: %w", err)
 	}
-	return snap, nil
+	return snap, b.warnings, nil
 }
 
 func (b *builder) workload(i int, fw fileWorkload, defaultTD string) *state.Workload {
@@ -302,6 +358,8 @@ func (b *builder) workload(i int, fw fileWorkload, defaultTD string) *state.Work
 		CanonicalName:     fw.CanonicalName,
 		CanonicalRevision: fw.CanonicalRevision,
 		ClusterID:         fw.ClusterID,
+		// Copied: selector policies append to it.
+		AuthorizationPolicies: slices.Clone(fw.AuthorizationPolicies),
 	}
 	switch j, dup := b.byUID[fw.UID]; {
 	case fw.UID == "":

@@ -11,6 +11,7 @@ import (
 	"github.com/google/go-cmp/cmp/cmpopts"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/warren-mesh/warren/authz"
 	"github.com/warren-mesh/warren/state"
 )
 
@@ -316,14 +317,14 @@ services:
 			wantErr: `services[0].subjectAltNames[0]: "cluster.local/ns/default/sa/echo" is not a SPIFFE ID: scheme is missing or invalid`,
 		},
 		{
-			name:    "policies not supported yet",
+			name:    "policy without namespace and scope",
 			in:      "workloads:" + minimalWorkload + "policies:\n- name: allow-all\n",
-			wantErr: "policies: not supported yet",
+			wantErr: "policies[0].namespace: required\npolicies[0].scope: required: Global, Namespace or WorkloadSelector",
 		},
 		{
 			name:    "errors across sections come in file order",
 			in:      "trustDomain: A\nworkloads:\n- uid: w1\n  name: w1\n  namespace: default\n  workloadIps: [x]\nservices:\n- name: s\n  namespace: default\n  endpoints: [{workloadUid: nope}]\npolicies: [{}]\n",
-			wantErr: `trustDomain: "A" is not a SPIFFE trust domain: trust domain characters are limited to lowercase letters, numbers, dots, dashes, and underscores` + "\n" + `workloads[0].workloadIps[0]: "x" is not an IP address` + "\n" + `services[0].endpoints[0].workloadUid: no workload "nope"` + "\n" + `policies: not supported yet`,
+			wantErr: `trustDomain: "A" is not a SPIFFE trust domain: trust domain characters are limited to lowercase letters, numbers, dots, dashes, and underscores` + "\n" + `workloads[0].workloadIps[0]: "x" is not an IP address` + "\n" + `services[0].endpoints[0].workloadUid: no workload "nope"` + "\n" + `policies[0].name: required` + "\n" + `policies[0].namespace: required` + "\n" + `policies[0].scope: required: Global, Namespace or WorkloadSelector`,
 		},
 	}
 	for _, tt := range tests {
@@ -352,7 +353,7 @@ services:
 			if err != nil {
 				t.Fatalf("Parse: %v", err)
 			}
-			if want := version([]byte(tt.in)); snap.Version != want || len(want) != 12 {
+			if want := Version([]byte(tt.in)); snap.Version != want || len(want) != 12 {
 				t.Errorf("Version = %q, want %q (12 hex digits)", snap.Version, want)
 			}
 			if diff := cmp.Diff(tt.workloads, snap.Workloads(), cmpOpts...); diff != "" {
@@ -402,6 +403,48 @@ func TestParseExample(t *testing.T) {
 	}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("local workloads (-want +got):\n%s", diff)
+	}
+
+	var keys []string
+	for _, p := range snap.Policies() {
+		keys = append(keys, p.Key()+" "+p.Scope.String()+" "+p.Action.String())
+	}
+	wantKeys := []string{
+		"default/echo-from-clients WorkloadSelector Allow",
+		"default/echo-no-debug WorkloadSelector Deny",
+		"istio-system/deny-legacy-net Global Deny",
+	}
+	if diff := cmp.Diff(wantKeys, keys); diff != "" {
+		t.Errorf("policies (-want +got):\n%s", diff)
+	}
+	for _, uid := range []string{"Kubernetes//Pod/default/echo-n1", "Kubernetes//Pod/default/echo-n2"} {
+		w, _ := snap.Workload(uid)
+		if diff := cmp.Diff([]string{"default/echo-from-clients", "default/echo-no-debug"}, w.AuthorizationPolicies); diff != "" {
+			t.Errorf("%s policies (-want +got):\n%s", uid, diff)
+		}
+	}
+	if w, _ := snap.Workload("Kubernetes//Pod/default/client-n1"); len(w.AuthorizationPolicies) != 0 {
+		t.Errorf("client-n1 is selected by %v, want none", w.AuthorizationPolicies)
+	}
+	// The demo's traffic passes its policies; others' does not.
+	echo, _ := snap.Workload("Kubernetes//Pod/default/echo-n2")
+	client, _ := snap.Workload("Kubernetes//Pod/default/client-n1")
+	for _, tc := range []struct {
+		name    string
+		conn    authz.Conn
+		allowed bool
+	}{
+		{"client to echo", authz.Conn{Identity: client.Identity(), SrcIP: client.IPs[0], DstIP: echo.IPs[0], DstPort: 8080}, true},
+		{"client to echo's debug port", authz.Conn{Identity: client.Identity(), SrcIP: client.IPs[0], DstIP: echo.IPs[0], DstPort: 6060}, false},
+		{"echo to echo", authz.Conn{Identity: echo.Identity(), SrcIP: echo.IPs[0], DstIP: echo.IPs[0], DstPort: 8080}, false},
+		{"plaintext to echo", authz.Conn{SrcIP: client.IPs[0], DstIP: echo.IPs[0], DstPort: 8080}, false},
+		{"echo to client", authz.Conn{Identity: echo.Identity(), SrcIP: echo.IPs[0], DstIP: client.IPs[0], DstPort: 8080}, true},
+		{"legacy network to client", authz.Conn{SrcIP: netip.MustParseAddr("192.168.1.1"), DstIP: client.IPs[0], DstPort: 8080}, false},
+	} {
+		dest, _ := snap.WorkloadByIP(tc.conn.DstIP)
+		if d := authz.Evaluate(snap, dest, tc.conn); d.Allowed != tc.allowed {
+			t.Errorf("%s: allowed = %v, want %v (%+v)", tc.name, d.Allowed, tc.allowed, d)
+		}
 	}
 
 	svc, ok := snap.ServiceByVIP(netip.MustParseAddr("10.96.0.20"))

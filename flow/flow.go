@@ -49,8 +49,12 @@ const (
 	// ReasonUnknownDestination: inbound traffic for an address this agent
 	// does not serve.
 	ReasonUnknownDestination Reason = "unknown_destination"
-	// ReasonPolicy: denied by authorization policy.
+	// ReasonPolicy: denied by authorization policy: a DENY policy matched.
 	ReasonPolicy Reason = "policy_denied"
+	// ReasonPolicyNotAllowed: denied by authorization policy: ALLOW
+	// policies apply to the destination and none matched (ztunnel's
+	// "NotAllowed", as opposed to an explicit deny).
+	ReasonPolicyNotAllowed Reason = "policy_not_allowed"
 	// ReasonUpstreamConnect: the next hop (tunnel or application) could not
 	// be reached.
 	ReasonUpstreamConnect Reason = "upstream_connect_failed"
@@ -60,6 +64,10 @@ const (
 	// ReasonIdentity: no certificate is available for the source identity.
 	ReasonIdentity Reason = "identity_unavailable"
 )
+
+// PolicyDenied reports whether the reason is a denial by authorization
+// policy (an explicit DENY, or no ALLOW matching).
+func (r Reason) PolicyDenied() bool { return r == ReasonPolicy || r == ReasonPolicyNotAllowed }
 
 // Record is what Warren knows about one connection: filled in as the
 // connection is decided and opened, completed at close, then written once to
@@ -74,9 +82,9 @@ type Record struct {
 	// HBONE tunnel, i.e. with mutual TLS.
 	MTLS bool
 
-	Direction   Direction
-	Path        Path
-	Src, Dst    netip.AddrPort // application's view: client and original destination
+	Direction Direction
+	Path      Path
+	Src, Dst  netip.AddrPort // application's view: client and original destination
 	// SrcIdentity and DstIdentity are SPIFFE IDs as authenticated (the
 	// peer's certificate inbound, the expected identity outbound); empty
 	// when unknown or not mutual TLS.
@@ -88,7 +96,11 @@ type Record struct {
 	Start       time.Time
 	Duration    time.Duration
 	Reason      Reason
-	Err         error
+	// Policy is the key of the authorization policy that decided, if any;
+	// DryRun the key of a dry-run policy that would have decided otherwise.
+	Policy string
+	DryRun string
+	Err    error
 }
 
 // Log writes r as one structured record. It is the only log line a
@@ -115,6 +127,12 @@ func (r *Record) Log(ctx context.Context, log *slog.Logger) {
 	}
 	if r.Reason != ReasonNone {
 		attrs = append(attrs, slog.String("reason", string(r.Reason)))
+	}
+	if r.Policy != "" {
+		attrs = append(attrs, slog.String("policy", r.Policy))
+	}
+	if r.DryRun != "" {
+		attrs = append(attrs, slog.String("dry_run_policy", r.DryRun))
 	}
 	if r.Err != nil {
 		attrs = append(attrs, slog.String("error", r.Err.Error()))

@@ -108,11 +108,12 @@ func (f responseFlag) String() string {
 // (CONNECT): a connection Warren refused for want of a route or an endpoint
 // never reached its destination either.
 func flagOf(r *flow.Record) responseFlag {
+	if r.Reason.PolicyDenied() {
+		return flagDeny
+	}
 	switch r.Reason {
 	case flow.ReasonNone:
 		return flagNone
-	case flow.ReasonPolicy:
-		return flagDeny
 	case flow.ReasonIdentity:
 		// No certificate to present: mutual TLS was impossible.
 		return flagTLS

@@ -198,6 +198,10 @@ func (m *Metrics) Closed(r *flow.Record) {
 		}
 	}
 	s.sockets.Dec()
+	// Allowed, but a dry-run policy would have denied it.
+	if r.DryRun != "" && r.Reason == flow.ReasonNone {
+		m.DryRunDenied(r.DryRun)
+	}
 }
 
 // series returns the cached metrics of r for Opened (end false) or Closed

@@ -9,6 +9,9 @@ import (
 	"net/netip"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/warren-mesh/warren/authz"
 	"github.com/warren-mesh/warren/flow"
 	"github.com/warren-mesh/warren/hbone"
 	"github.com/warren-mesh/warren/state"
@@ -49,7 +52,11 @@ func (in *Inbound) ServeHBONE(ctx context.Context, r *hbone.Inbound) {
 		rec.Err = err
 	}
 	if app == nil {
-		_ = r.Reject(http.StatusServiceUnavailable)
+		code := http.StatusServiceUnavailable
+		if rec.Reason.PolicyDenied() {
+			code = http.StatusUnauthorized
+		}
+		_ = r.Reject(code)
 		run(ctx, in.track, in.obs, in.log, rec, nil, nil)
 		return
 	}
@@ -69,6 +76,10 @@ func (in *Inbound) openHBONE(ctx context.Context, r *hbone.Inbound, rec *flow.Re
 	snap := in.store.Load()
 	rec.Source, _ = snap.WorkloadByIP(r.Remote.Addr())
 	pod, reason := in.destination(snap, r.Authority.Addr(), rec)
+	if reason == flow.ReasonNone {
+		reason = in.authorize(snap, rec, authz.Conn{Identity: r.Peer, SrcIP: r.Remote.Addr(),
+			DstIP: r.Authority.Addr(), DstPort: r.Authority.Port()})
+	}
 	if reason != flow.ReasonNone {
 		rec.Path, rec.Reason = flow.PathDenied, reason
 		return nil, nil
@@ -126,6 +137,11 @@ func (in *Inbound) openPlain(ctx context.Context, c *net.TCPConn, rec *flow.Reco
 	snap := in.store.Load()
 	rec.Source, _ = snap.WorkloadByIP(rec.Src.Addr())
 	pod, reason := in.destination(snap, dst.Addr(), rec)
+	if reason == flow.ReasonNone {
+		// Plaintext: no identity, so only policies that do not require one
+		// can allow it (and STRICT denies it).
+		reason = in.authorize(snap, rec, authz.Conn{SrcIP: rec.Src.Addr(), DstIP: dst.Addr(), DstPort: dst.Port()})
+	}
 	if reason != flow.ReasonNone {
 		rec.Path, rec.Reason = flow.PathDenied, reason
 		return nil, nil
@@ -139,6 +155,48 @@ func (in *Inbound) openPlain(ctx context.Context, c *net.TCPConn, rec *flow.Reco
 		return nil, err
 	}
 	return app.(*net.TCPConn), nil
+}
+
+// authorize applies L4 policy to a connection for rec.Dest and records the
+// deciding policies.
+func (in *Inbound) authorize(snap *state.Snapshot, rec *flow.Record, c authz.Conn) flow.Reason {
+	d := authz.Evaluate(snap, rec.Dest, c)
+	if d.Policy != nil {
+		rec.Policy = d.Policy.Key()
+	}
+	if d.DryRun != nil {
+		rec.DryRun = d.DryRun.Key()
+	}
+	if !d.Allowed {
+		return d.Reason
+	}
+	return flow.ReasonNone
+}
+
+// Reauthorize re-evaluates every live inbound connection against snap and
+// resets those it now denies (a policy was added or changed). It returns how
+// many it closed.
+func (in *Inbound) Reauthorize(snap *state.Snapshot) int {
+	return in.track.CloseIf(func(r *flow.Record) bool {
+		if r.Direction == flow.Outbound || r.Dest == nil {
+			return false
+		}
+		dest, ok := snap.Workload(r.Dest.UID)
+		if !ok {
+			// The pod left the state; its capture is being released and
+			// its connections end with it.
+			return false
+		}
+		c := authz.Conn{SrcIP: r.Src.Addr(), DstIP: r.Dst.Addr(), DstPort: r.Dst.Port()}
+		if r.Direction == flow.Inbound {
+			id, err := spiffeid.FromString(r.SrcIdentity)
+			if err != nil {
+				return false
+			}
+			c.Identity = id
+		}
+		return !authz.Evaluate(snap, dest, c).Allowed
+	})
 }
 
 // destination finds the local pod serving ip and records it in rec.

@@ -22,10 +22,24 @@ type Snapshot struct {
 	policyIx   []string
 	workloadIx []string // UIDs, sorted
 	serviceIx  []string // keys, sorted
+
+	// Policies by scope, split by action, each in key order: authorization
+	// runs on every connection and walks these slices instead of maps.
+	// Workload-selector policies are resolved per workload, from its
+	// AuthorizationPolicies keys.
+	globalPolicies PolicySet
+	nsPolicies     map[string]PolicySet
+	selected       map[*Workload]PolicySet
 }
 
-// NewSnapshot indexes workloads and services and computes each workload's
-// identity; the workloads and services become part of the snapshot and must
+// PolicySet is the policies of one scope, split by action and ordered by
+// key. Its slices belong to the Snapshot and must not be modified.
+type PolicySet struct {
+	Deny, Allow []*Policy
+}
+
+// NewSnapshot indexes workloads, services and policies and computes each
+// workload's identity; the objects become part of the snapshot and must
 // not be changed afterwards. It fails on an invalid identity or on duplicate UIDs,
 // workload IPs, service keys or VIPs, since any of those would make the data
 // path's answer depend on map order.
@@ -84,7 +98,48 @@ func NewSnapshot(version string, workloads []*Workload, services []*Service, pol
 	sort.Strings(s.policyIx)
 	sort.Strings(s.workloadIx)
 	sort.Strings(s.serviceIx)
+	s.indexPolicies()
 	return s, nil
+}
+
+// indexPolicies fills the per-scope policy sets, walking policies in key
+// order so that evaluation order (and so which policy a decision names) does
+// not depend on the order a source listed them in.
+func (s *Snapshot) indexPolicies() {
+	s.nsPolicies = make(map[string]PolicySet)
+	add := func(set *PolicySet, p *Policy) {
+		if p.Action == ActionDeny {
+			set.Deny = append(set.Deny, p)
+		} else {
+			set.Allow = append(set.Allow, p)
+		}
+	}
+	for _, k := range s.policyIx {
+		p := s.policies[k]
+		switch p.Scope {
+		case ScopeGlobal:
+			add(&s.globalPolicies, p)
+		case ScopeNamespace:
+			set := s.nsPolicies[p.Namespace]
+			add(&set, p)
+			s.nsPolicies[p.Namespace] = set
+		}
+	}
+	s.selected = make(map[*Workload]PolicySet)
+	for _, uid := range s.workloadIx {
+		w := s.workloads[uid]
+		var set PolicySet
+		for _, k := range w.AuthorizationPolicies {
+			// A key without a policy is one in transit from the control
+			// plane (ztunnel skips it too); it cannot select anything.
+			if p, ok := s.policies[k]; ok {
+				add(&set, p)
+			}
+		}
+		if len(set.Deny)+len(set.Allow) > 0 {
+			s.selected[w] = set
+		}
+	}
 }
 
 // Empty is the snapshot before any source has delivered.
@@ -145,6 +200,24 @@ func (s *Snapshot) Policies() []*Policy {
 		out = append(out, s.policies[k])
 	}
 	return out
+}
+
+// GlobalPolicies are the policies that apply to every workload in the mesh.
+func (s *Snapshot) GlobalPolicies() PolicySet { return s.globalPolicies }
+
+// NamespacePolicies are the namespace-scoped policies of namespace ns, which
+// apply to every workload in it.
+func (s *Snapshot) NamespacePolicies(ns string) PolicySet { return s.nsPolicies[ns] }
+
+// SelectedPolicies are the policies that w lists in AuthorizationPolicies
+// and the snapshot holds, in w's order; keys without a policy are skipped.
+// ok is false when w is not one of the snapshot's workloads, and the caller
+// must resolve w.AuthorizationPolicies with Policy itself.
+func (s *Snapshot) SelectedPolicies(w *Workload) (set PolicySet, ok bool) {
+	if set, found := s.selected[w]; found {
+		return set, true
+	}
+	return PolicySet{}, len(w.AuthorizationPolicies) == 0 || s.workloads[w.UID] == w
 }
 
 // LocalWorkloads lists the workloads on node that the agent captures (HBONE

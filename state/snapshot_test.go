@@ -97,3 +97,57 @@ func TestStoreSwapNotifiesInOrder(t *testing.T) {
 		t.Fatalf("Load().Version = %q", st.Load().Version)
 	}
 }
+
+func TestSnapshotPolicyIndex(t *testing.T) {
+	pol := func(ns, name string, scope Scope, action Action) *Policy {
+		return &Policy{Name: name, Namespace: ns, Scope: scope, Action: action}
+	}
+	pols := []*Policy{
+		pol("x", "b-allow", ScopeNamespace, ActionAllow),
+		pol("x", "a-deny", ScopeNamespace, ActionDeny),
+		pol("x", "a-allow", ScopeNamespace, ActionAllow),
+		pol("y", "other", ScopeNamespace, ActionAllow),
+		pol("istio-system", "mesh", ScopeGlobal, ActionDeny),
+		pol("x", "sel", ScopeWorkloadSelector, ActionAllow),
+		pol("x", "sel-deny", ScopeWorkloadSelector, ActionDeny),
+	}
+	a := wl("a", "x", "", ProtocolTCP, "", "10.0.0.1")
+	a.AuthorizationPolicies = []string{"x/sel-deny", "x/missing", "x/sel"}
+	b := wl("b", "x", "", ProtocolTCP, "", "10.0.0.2")
+	s, err := NewSnapshot("v", []*Workload{a, b}, nil, pols)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys := func(ps []*Policy) []string {
+		var out []string
+		for _, p := range ps {
+			out = append(out, p.Key())
+		}
+		return out
+	}
+	check := func(what string, got []*Policy, want ...string) {
+		t.Helper()
+		if !slices.Equal(keys(got), want) {
+			t.Errorf("%s = %v, want %v", what, keys(got), want)
+		}
+	}
+	check("NamespacePolicies(x).Allow", s.NamespacePolicies("x").Allow, "x/a-allow", "x/b-allow")
+	check("NamespacePolicies(x).Deny", s.NamespacePolicies("x").Deny, "x/a-deny")
+	check("NamespacePolicies(z).Allow", s.NamespacePolicies("z").Allow)
+	check("GlobalPolicies().Deny", s.GlobalPolicies().Deny, "istio-system/mesh")
+	check("GlobalPolicies().Allow", s.GlobalPolicies().Allow)
+
+	set, ok := s.SelectedPolicies(a)
+	if !ok {
+		t.Fatal("SelectedPolicies(a): not indexed")
+	}
+	check("SelectedPolicies(a).Deny", set.Deny, "x/sel-deny")
+	check("SelectedPolicies(a).Allow", set.Allow, "x/sel")
+	if set, ok := s.SelectedPolicies(b); !ok || len(set.Allow)+len(set.Deny) != 0 {
+		t.Errorf("SelectedPolicies(b) = %v, %v; want empty, true", set, ok)
+	}
+	copyOfA := *a
+	if _, ok := s.SelectedPolicies(&copyOfA); ok {
+		t.Error("SelectedPolicies(a workload not in the snapshot) reports indexed")
+	}
+}

@@ -126,6 +126,8 @@ func TestMesh(t *testing.T) {
 			t.Run("destination outside the mesh", func(t *testing.T) { testOutsideMesh(t, m) })
 			t.Run("self loop refused", func(t *testing.T) { testSelfLoop(t, m) })
 			t.Run("access log", func(t *testing.T) { testAccessLog(t, m) })
+			t.Run("authorization policies", func(t *testing.T) { testPolicies(t, m) })
+			t.Run("new DENY closes a live connection", func(t *testing.T) { testPolicyClosesLive(t, m) })
 			t.Run("metrics count the bytes sent", func(t *testing.T) { testMetrics(t, m) })
 			t.Run("config dump lists a live connection", func(t *testing.T) { testConfigDump(t, m) })
 			t.Run("readiness names a pod that cannot be enrolled", func(t *testing.T) { testReadiness(t, m) })
@@ -455,6 +457,123 @@ func testAccessLog(t *testing.T, m *harness.Mesh) {
 	}
 }
 
+// testPolicies applies one policy at a time through the state file and
+// checks one connection it must allow and one it must deny. Denied HBONE
+// connections are answered 401 by the destination agent, which the client
+// sees as a reset; denied plaintext is reset by the destination agent.
+func testPolicies(t *testing.T, m *harness.Mesh) {
+	client, plain, remote := m.Pod(harness.Client), m.Pod(harness.Plain), m.Pod(harness.Remote)
+	ln := listen(t, remote, 9009)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() { io.Copy(c, c); c.Close() }()
+		}
+	}()
+	type probe struct {
+		from *testbed.Pod
+		port uint16
+	}
+	cases := []struct {
+		name         string
+		policy       string
+		allow, deny  probe
+		denyByPolicy string // reason logged by node2 for the denied probe
+	}{
+		{"deny by principal",
+			`{name: no-web, namespace: backend, scope: Namespace, action: Deny, groups: [{rules: [{matches: [{principals: [{exact: cluster.local/ns/frontend/sa/web}]}]}]}]}`,
+			probe{plain, 8080}, probe{client, 8080}, "policy_denied"},
+		{"allow by namespace",
+			`{name: from-frontend, namespace: backend, scope: Namespace, action: Allow, groups: [{rules: [{matches: [{namespaces: [{exact: frontend}]}]}]}]}`,
+			probe{client, 8080}, probe{plain, 8080}, "policy_not_allowed"},
+		{"allow by port",
+			`{name: only-8080, namespace: backend, scope: Namespace, action: Allow, groups: [{rules: [{matches: [{destinationPorts: [8080]}]}]}]}`,
+			probe{client, 8080}, probe{client, 9009}, "policy_not_allowed"},
+		{"deny by IP block",
+			fmt.Sprintf(`{name: no-legacy-net, namespace: backend, scope: Namespace, action: Deny, groups: [{rules: [{matches: [{sourceIps: ["%s/32"]}]}]}]}`, plain.IP),
+			probe{client, 8080}, probe{plain, 8080}, "policy_denied"},
+		{"strict mTLS denies plaintext",
+			`{name: strict, namespace: istio-system, scope: Global, action: Deny, groups: [{rules: [{matches: [{notPrincipals: [{presence: {}}]}]}]}]}`,
+			probe{client, 8080}, probe{plain, 8080}, "policy_denied"},
+		{"dry run never blocks",
+			`{name: dry, namespace: backend, scope: Namespace, action: Deny, dryRun: true, groups: [{rules: [{matches: [{principals: [{exact: cluster.local/ns/frontend/sa/web}]}]}]}]}`,
+			probe{client, 8080}, probe{}, ""},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			before, _ := m.Records()
+			applyConfig(t, m, m.Config()+"policies:\n- "+tc.policy+"\n")
+			t.Cleanup(func() { applyConfig(t, m, m.Config()) })
+			if !tryExchange(tc.allow.from, dst(remote, tc.allow.port), []byte("allowed")) {
+				t.Errorf("%s -> %s:%d denied, want allowed", tc.allow.from.Name, remote.Name, tc.allow.port)
+			}
+			if tc.deny.from == nil {
+				return
+			}
+			if tryExchange(tc.deny.from, dst(remote, tc.deny.port), []byte("denied")) {
+				t.Fatalf("%s -> %s:%d allowed, want denied", tc.deny.from.Name, remote.Name, tc.deny.port)
+			}
+			recs := waitRecords(t, m, before, func(r harness.Record) bool {
+				return r.Node == "node2" && r.Path == "denied" && r.Reason == tc.denyByPolicy
+			}, 1)
+			if recs[0].SrcAddr == "" || !strings.HasPrefix(recs[0].SrcAddr, tc.deny.from.IP.String()+":") {
+				t.Errorf("denial logged for source %q, want %s", recs[0].SrcAddr, tc.deny.from.IP)
+			}
+		})
+	}
+}
+
+// applyConfig writes the state file and waits until both agents use it.
+func applyConfig(t *testing.T, m *harness.Mesh, content string) {
+	t.Helper()
+	if err := m.ApplyConfig(context.Background(), content); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// testPolicyClosesLive opens a connection, then adds a DENY for it: the
+// destination agent must reset it within a second; a connection the policy
+// does not cover stays up.
+func testPolicyClosesLive(t *testing.T, m *harness.Mesh) {
+	remote := m.Pod(harness.Remote)
+	denied := dial(t, m.Pod(harness.Client), dst(remote, 8080))
+	defer denied.Close()
+	kept := dial(t, m.Pod(harness.Plain), dst(remote, 8080))
+	defer kept.Close()
+	for _, c := range []*net.TCPConn{denied, kept} {
+		c.Write([]byte("x"))
+		buf := make([]byte, 1)
+		if _, err := io.ReadFull(c, buf); err != nil {
+			t.Fatal(err)
+		}
+	}
+	policy := `{name: no-web, namespace: backend, scope: Namespace, action: Deny, groups: [{rules: [{matches: [{principals: [{exact: cluster.local/ns/frontend/sa/web}]}]}]}]}`
+	written := time.Now()
+	if err := m.WriteConfig(m.Config() + "policies:\n- " + policy + "\n"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { applyConfig(t, m, m.Config()) })
+	denied.SetReadDeadline(time.Now().Add(5 * time.Second))
+	_, err := io.ReadAll(denied)
+	took := time.Since(written)
+	if err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("connection now denied was not reset (read: %v)", err)
+	}
+	// The file watcher debounces 100 ms; the rest is the agents' work.
+	if took > time.Second {
+		t.Errorf("denied connection closed after %v, want within 1s", took)
+	}
+	kept.Write([]byte("y"))
+	buf := make([]byte, 1)
+	kept.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadFull(kept, buf); err != nil || buf[0] != 'y' {
+		t.Fatalf("connection the policy does not cover was disturbed: %v", err)
+	}
+}
+
 // testMetrics sends a known number of bytes each way over a fresh
 // connection and checks that both agents' istio_tcp_* counters moved by
 // exactly that much, in Istio's direction convention (received = client to
@@ -597,9 +716,7 @@ func testReadiness(t *testing.T, m *harness.Mesh) {
 	if code, body := ready("node1"); code != 200 {
 		t.Errorf("node1 readiness %d %q, want 200: the ghost pod is not its own", code, body)
 	}
-	if err := m.WriteConfig(m.Config()); err != nil {
-		t.Fatal(err)
-	}
+	applyConfig(t, m, m.Config())
 	waitFor(t, 5*time.Second, "node2 to be ready again", func() bool {
 		code, _ := ready("node2")
 		return code == 200
@@ -652,9 +769,7 @@ func testConfigChange(t *testing.T, m *harness.Mesh) {
 		t.Error("a broken state file removed the last good state")
 	}
 	roundTrip("after broken file")
-	if err := m.WriteConfig(m.Config()); err != nil {
-		t.Fatal(err)
-	}
+	applyConfig(t, m, m.Config())
 	c.CloseWrite()
 	if rest, err := io.ReadAll(c); err != nil || len(rest) != 0 {
 		t.Fatalf("after half-close read %q, %v; want clean EOF", rest, err)

@@ -201,6 +201,17 @@ func (m *Mesh) StopAgent(node string) error {
 	return p.Stop()
 }
 
+// AgentPID is the process id of node's running agent, or 0 when none runs;
+// benchmarks read its CPU time and memory from /proc.
+func (m *Mesh) AgentPID(node string) int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if p := m.agents[node]; p != nil {
+		return p.Pid()
+	}
+	return 0
+}
+
 // WaitReady polls node's readiness endpoint until it answers 200.
 func (m *Mesh) WaitReady(ctx context.Context, node string, timeout time.Duration) error {
 	n := m.node(node)
