@@ -41,14 +41,8 @@ func DefaultConfig() Config {
 
 // Validate reports the first problem with c.
 func (c Config) Validate() error {
-	if c.TrustDomain == "" {
-		return errors.New("trust domain is empty")
-	}
-	if strings.Contains(c.TrustDomain, "://") {
-		return fmt.Errorf("trust domain %q: want a bare name, not a URI", c.TrustDomain)
-	}
-	if _, err := spiffeid.TrustDomainFromString(c.TrustDomain); err != nil {
-		return fmt.Errorf("trust domain %q: %w", c.TrustDomain, err)
+	if err := ValidateTrustDomain(c.TrustDomain); err != nil {
+		return err
 	}
 	if c.LeafTTL <= 0 {
 		return fmt.Errorf("leaf TTL %v: must be positive", c.LeafTTL)
@@ -61,6 +55,21 @@ func (c Config) Validate() error {
 	}
 	if c.Backdate < 0 {
 		return fmt.Errorf("backdate %v: must not be negative", c.Backdate)
+	}
+	return nil
+}
+
+// ValidateTrustDomain checks a configured trust domain: a bare SPIFFE trust
+// domain name such as "cluster.local", not a URI.
+func ValidateTrustDomain(td string) error {
+	if td == "" {
+		return errors.New("trust domain is empty")
+	}
+	if strings.Contains(td, "://") {
+		return fmt.Errorf("trust domain %q: want a bare name, not a URI", td)
+	}
+	if _, err := spiffeid.TrustDomainFromString(td); err != nil {
+		return fmt.Errorf("trust domain %q: %w", td, err)
 	}
 	return nil
 }

@@ -1,12 +1,10 @@
 package identity
 
 import (
-	"errors"
 	"fmt"
-	"strings"
 	"time"
 
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/warren-mesh/warren/ca"
 )
 
 // Config configures a Manager.
@@ -56,14 +54,8 @@ func DefaultConfig() Config {
 
 // Validate reports the first problem with c.
 func (c Config) Validate() error {
-	if c.TrustDomain == "" {
-		return errors.New("trust domain is empty")
-	}
-	if strings.Contains(c.TrustDomain, "://") {
-		return fmt.Errorf("trust domain %q: want a bare name, not a URI", c.TrustDomain)
-	}
-	if _, err := spiffeid.TrustDomainFromString(c.TrustDomain); err != nil {
-		return fmt.Errorf("trust domain %q: %w", c.TrustDomain, err)
+	if err := ca.ValidateTrustDomain(c.TrustDomain); err != nil {
+		return err
 	}
 	if c.TTL <= 0 {
 		return fmt.Errorf("TTL %v: must be positive", c.TTL)

@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"context"
-	"errors"
 	"log/slog"
 	"net"
 	"net/http"
@@ -99,20 +98,7 @@ func (in *Inbound) openHBONE(ctx context.Context, r *hbone.Inbound, rec *flow.Re
 // ServePlain accepts captured plaintext for pod on ln (its 15006 listener)
 // until ln is closed.
 func (in *Inbound) ServePlain(ctx context.Context, ln net.Listener, pod *Pod) error {
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				return nil
-			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				continue
-			}
-			return err
-		}
-		go in.handlePlain(ctx, c.(*net.TCPConn))
-	}
+	return acceptLoop(ln, func(c *net.TCPConn) { in.handlePlain(ctx, c) })
 }
 
 func (in *Inbound) handlePlain(ctx context.Context, c *net.TCPConn) {

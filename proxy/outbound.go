@@ -40,20 +40,7 @@ func NewOutbound(cfg Config, env Env, cls *classify.Classifier, tun Tunnel, bund
 // Serve accepts on ln (the pod's 15001 listener) until it is closed. Each
 // connection is handled on its own goroutine and outlives Serve.
 func (o *Outbound) Serve(ctx context.Context, ln net.Listener, pod *Pod) error {
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				return nil
-			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				continue
-			}
-			return err
-		}
-		go o.handle(ctx, c.(*net.TCPConn), pod)
-	}
+	return acceptLoop(ln, func(c *net.TCPConn) { o.handle(ctx, c, pod) })
 }
 
 func (o *Outbound) handle(ctx context.Context, c *net.TCPConn, pod *Pod) {

@@ -81,3 +81,24 @@ type PodLookup interface {
 
 // Bundle is the trust bundle used for every tunnel.
 type Bundle = x509bundle.Source
+
+// acceptLoop hands each accepted connection to handle on its own goroutine
+// until ln is closed (then it returns nil). Any other accept error — running
+// out of file descriptors, a connection aborted before accept — is waited out
+// with backoff rather than ending the pod's listener.
+func acceptLoop(ln net.Listener, handle func(*net.TCPConn)) error {
+	var backoff time.Duration
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			time.Sleep(backoff)
+			continue
+		}
+		backoff = 0
+		go handle(c.(*net.TCPConn))
+	}
+}
