@@ -131,6 +131,7 @@ func TestMesh(t *testing.T) {
 			t.Run("metrics count the bytes sent", func(t *testing.T) { testMetrics(t, m) })
 			t.Run("config dump lists a live connection", func(t *testing.T) { testConfigDump(t, m) })
 			t.Run("readiness names a pod that cannot be enrolled", func(t *testing.T) { testReadiness(t, m) })
+			t.Run("warrenctl reads the agent", func(t *testing.T) { testWarrenctl(t, m) })
 			t.Run("state file change keeps connections", func(t *testing.T) { testConfigChange(t, m) })
 			t.Run("agent stop removes capture and restart serves", func(t *testing.T) { testRestart(t, m) })
 		})
@@ -721,6 +722,45 @@ func testReadiness(t *testing.T, m *harness.Mesh) {
 		code, _ := ready("node2")
 		return code == 200
 	})
+}
+
+// testWarrenctl runs the CLI against node2's agent, reaching its admin port
+// inside the node's namespace, while a connection is open, and changes a log
+// level through it.
+func testWarrenctl(t *testing.T, m *harness.Mesh) {
+	ctl := filepath.Join(filepath.Dir(agentBin(t)), "warrenctl")
+	if _, err := os.Stat(ctl); err != nil {
+		t.Skipf("warrenctl not built next to the agent (run via `make test`): %v", err)
+	}
+	srv := m.Pod(harness.Remote)
+	ln := listen(t, srv, 9010)
+	c := dial(t, m.Pod(harness.Client), dst(srv, 9010))
+	defer c.Close()
+	sc := accept(t, ln)
+	defer sc.Close()
+	nodeNS := m.TB.Node("node2").NetNS
+	run := func(args ...string) string {
+		t.Helper()
+		out, err := exec.Command(ctl, append(args, "--netns", nodeNS)...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("warrenctl %v: %v\n%s", args, err, out)
+		}
+		return string(out)
+	}
+	var out string
+	waitFor(t, 5*time.Second, "the connection in warrenctl's table", func() bool {
+		out = run("all")
+		return strings.Contains(out, dst(srv, 9010).String())
+	})
+	for _, want := range []string{harness.Client, harness.Remote, harness.Plain, "api.backend.svc.cluster.local", "spiffe://cluster.local/ns/backend/sa/api"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("warrenctl all lacks %q:\n%s", want, out)
+		}
+	}
+	if out := run("log-level", "inbound:debug"); !strings.Contains(out, "inbound:debug") {
+		t.Errorf("log-level answer %q lacks the new level", out)
+	}
+	run("log-level", "--reset")
 }
 
 // testConfigChange rewrites the state file while a connection is open: the
