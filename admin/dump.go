@@ -1,7 +1,9 @@
 package admin
 
 import (
+	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
 	"math/big"
 	"net/netip"
@@ -548,9 +550,8 @@ func prefixes(in []netip.Prefix) []string {
 
 // renderCert maps identity's states onto ztunnel's: pending before the
 // first failure is Initializing, pending after one and expired are
-// Unavailable with the reason. CertInfo carries no PEM or root
-// certificates, so pem is empty and rootCerts null (istioctl then labels
-// the single chain entry Leaf).
+// Unavailable with the reason. The chain (leaf first) and the roots carry
+// their PEM, as in the sample dump.
 func renderCert(c identity.CertInfo) Certificate {
 	out := Certificate{Identity: c.ID.String()}
 	switch c.State {
@@ -567,14 +568,34 @@ func renderCert(c identity.CertInfo) Certificate {
 			out.State = "Unavailable: " + c.LastError
 		}
 	}
-	if c.State == identity.StateValid || c.State == identity.StateExpired {
+	if c.State != identity.StateValid && c.State != identity.StateExpired {
+		return out
+	}
+	if len(c.Chain) == 0 {
+		// Only the leaf's facts are known.
 		out.CertChain = []Cert{{
 			SerialNumber:   decimalSerial(c.Serial),
 			ValidFrom:      rfc3339(c.NotBefore),
 			ExpirationTime: rfc3339(c.NotAfter),
 		}}
+		return out
+	}
+	for _, cert := range c.Chain {
+		out.CertChain = append(out.CertChain, renderX509(cert))
+	}
+	for _, cert := range c.Roots {
+		out.RootCerts = append(out.RootCerts, renderX509(cert))
 	}
 	return out
+}
+
+func renderX509(c *x509.Certificate) Cert {
+	return Cert{
+		PEM:            string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})),
+		SerialNumber:   c.SerialNumber.String(),
+		ValidFrom:      rfc3339(c.NotBefore),
+		ExpirationTime: rfc3339(c.NotAfter),
+	}
 }
 
 // decimalSerial converts identity's hex serial to the decimal form ztunnel

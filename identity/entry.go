@@ -153,6 +153,7 @@ func (e *entry) info(now time.Time) CertInfo {
 	e.mu.Unlock()
 	if s := e.svid.Load(); s != nil {
 		leaf := s.Certificates[0]
+		info.Chain = s.Certificates
 		info.Serial = leaf.SerialNumber.Text(16)
 		info.NotBefore = leaf.NotBefore
 		info.NotAfter = leaf.NotAfter

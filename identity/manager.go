@@ -2,6 +2,7 @@ package identity
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -217,6 +218,11 @@ type CertInfo struct {
 	// LastError is the latest failure to obtain a certificate, cleared on
 	// success.
 	LastError string
+	// Chain is the certificate served, leaf first, without the root; nil
+	// while pending. Shared: do not modify.
+	Chain []*x509.Certificate
+	// Roots is the trust bundle the chain verifies against.
+	Roots []*x509.Certificate
 }
 
 // Identities describes every identity in use, ordered by ID.
@@ -231,10 +237,15 @@ func (m *Manager) Identities() []CertInfo {
 	m.mu.Unlock()
 
 	now := time.Now()
+	var roots []*x509.Certificate
+	if b := m.bundle.Load(); b != nil {
+		roots = b.X509Authorities()
+	}
 	out := make([]CertInfo, 0, len(entries))
 	for _, e := range entries {
 		info := e.info(now)
 		info.Holders = holders[e]
+		info.Roots = roots
 		out = append(out, info)
 	}
 	slices.SortFunc(out, func(a, b CertInfo) int { return compareIDs(a.ID, b.ID) })
