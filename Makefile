@@ -53,8 +53,36 @@ demo: deps build
 	@if [ "$$(id -u)" != 0 ]; then echo "make demo: needs root (it builds network namespaces, veth links and capture rules); run it as root" >&2; exit 1; fi
 	$(BIN)/warrenctl demo --agent $(BIN)/warren-agent
 
+# bench runs the benchmark harness (test/bench, see BENCHMARKS.md): plain
+# TCP, stunnel and Warren on the network-namespace testbed, then the Go
+# micro-benchmarks through benchstat. It writes bench-results/results.json,
+# bench-results/ratios.png and the generated section of BENCHMARKS.md, and
+# takes about 20 minutes. `make bench BENCH_FLAGS=-smoke` checks the harness
+# in seconds. Tools: iperf3, stunnel4 and taskset from Debian; fortio and
+# benchstat built into $(BIN) at pinned versions.
+BENCH_APT_PKGS    := iperf3 stunnel4 util-linux
+BENCH_APT_BINS    := iperf3 stunnel4 taskset
+FORTIO_VERSION    := v1.66.0
+BENCHSTAT_VERSION := v0.0.0-20260908200009-22c9c6c9d4da
+BENCH_FLAGS       ?=
+
 bench: deps build
-	$(GO) test -run '^$$' -bench . -benchmem -count 5 ./hbone ./classify
+	@if [ "$$(id -u)" != 0 ]; then echo "make bench: needs root (it builds network namespaces and runs the agents); run it as root" >&2; exit 1; fi
+	@missing=""; for b in $(BENCH_APT_BINS); do command -v $$b >/dev/null 2>&1 || missing=1; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing $(BENCH_APT_PKGS)"; \
+		DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(BENCH_APT_PKGS) >/dev/null; \
+	fi
+	@if [ "$$($(BIN)/fortio version 2>/dev/null)" != "$(FORTIO_VERSION:v%=%)" ]; then \
+		echo "installing fortio $(FORTIO_VERSION) into $(BIN)"; \
+		GOBIN=$(CURDIR)/$(BIN) $(GO) install fortio.org/fortio@$(FORTIO_VERSION); \
+	fi
+	@test -x $(BIN)/benchstat || { echo "installing benchstat into $(BIN)"; \
+		GOBIN=$(CURDIR)/$(BIN) $(GO) install golang.org/x/perf/cmd/benchstat@$(BENCHSTAT_VERSION); }
+	$(GO) build -o $(BIN)/ ./test/bench/cmd/warren-bench
+	$(BIN)/warren-bench -agent $(BIN)/warren-agent -fortio $(BIN)/fortio -benchstat $(BIN)/benchstat \
+		-out bench-results -md BENCHMARKS.md $(BENCH_FLAGS)
 
 clean:
 	rm -rf $(BIN)
