@@ -15,7 +15,6 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/warren-mesh/warren/admin"
-	"github.com/warren-mesh/warren/ca"
 	"github.com/warren-mesh/warren/classify"
 	"github.com/warren-mesh/warren/discovery"
 	"github.com/warren-mesh/warren/hbone"
@@ -54,12 +53,15 @@ type Agent struct {
 	cancel context.CancelFunc
 	kick   chan struct{}
 	wg     sync.WaitGroup
+
+	// closeIssuer releases the CA client's connection after ids stops.
+	closeIssuer func() error
 }
 
 // New builds an agent from cfg without touching the system; Start does.
 // log must be built on levels' handler, so that the admin endpoint's
 // /logging changes what it writes.
-func New(cfg Config, log *slog.Logger, levels *logging.Levels) (*Agent, error) {
+func New(cfg Config, log *slog.Logger, levels *logging.Levels) (_ *Agent, err error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("agent config: %w", err)
 	}
@@ -71,15 +73,17 @@ func New(cfg Config, log *slog.Logger, levels *logging.Levels) (*Agent, error) {
 	a.store = state.NewStore()
 	a.pods = newPodSet(a)
 
-	caCfg := ca.DefaultConfig()
-	caCfg.TrustDomain, caCfg.Dir = cfg.TrustDomain, cfg.CADir
-	localCA, err := ca.New(caCfg, log)
+	iss, closeIssuer, err := cfg.issuer(log)
 	if err != nil {
-		return nil, fmt.Errorf("loading local CA: %w", err)
+		return nil, err
 	}
-	idCfg := identity.DefaultConfig()
-	idCfg.TrustDomain, idCfg.TTL = cfg.TrustDomain, cfg.CertTTL
-	if a.ids, err = identity.NewManager(idCfg, identity.LocalIssuer(localCA), log); err != nil {
+	a.closeIssuer = closeIssuer
+	defer func() {
+		if err != nil {
+			closeIssuer()
+		}
+	}()
+	if a.ids, err = identity.NewManager(cfg.identityConfig(), iss, log); err != nil {
 		return nil, err
 	}
 
@@ -204,6 +208,9 @@ func (a *Agent) Stop(ctx context.Context) error {
 		errs = append(errs, fmt.Errorf("closing tunnel pool: %w", err))
 	}
 	a.ids.Stop()
+	if err := a.closeIssuer(); err != nil {
+		errs = append(errs, fmt.Errorf("closing CA client: %w", err))
+	}
 	if err := a.admin.Stop(ctx); err != nil {
 		errs = append(errs, fmt.Errorf("stopping admin server: %w", err))
 	}

@@ -25,8 +25,14 @@ type Config struct {
 	// ConfigFile is the local state file (workloads, services, policies).
 	ConfigFile string
 	// CADir holds the local CA's root certificate and key; agents that
-	// share it trust each other.
+	// share it trust each other. Unused when CA.Address is set.
 	CADir string
+	// CA is the CA service to obtain certificates from instead of a local
+	// CA (issuer.go).
+	CA RemoteCA
+	// BundleRefresh is how often the trust bundle is read again; zero
+	// keeps the identity manager's default.
+	BundleRefresh time.Duration
 	// TrustDomain of the mesh.
 	TrustDomain string
 	// CertTTL is the lifetime of workload certificates.
@@ -91,6 +97,7 @@ func (c Config) Validate() error {
 	if c.CertTTL < time.Minute/6 {
 		errs = append(errs, fmt.Errorf("cert ttl: %v is shorter than 10s", c.CertTTL))
 	}
+	errs = append(errs, c.validateCA()...)
 	for _, v := range []interface{ Validate() error }{c.Capture, c.Proxy, c.HBONE, c.classify()} {
 		if err := v.Validate(); err != nil {
 			errs = append(errs, err)

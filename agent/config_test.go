@@ -24,6 +24,12 @@ func TestConfigValidate(t *testing.T) {
 		{"unknown backend", func(c *Config) { c.Redirect = "ebpf" }, `redirect: "ebpf"`},
 		{"tiny cert ttl", func(c *Config) { c.CertTTL = 1 }, "cert ttl"},
 		{"no capture mark", func(c *Config) { c.Capture.AgentMark = 0 }, "mark"},
+		{"remote CA", func(c *Config) { c.CA = RemoteCA{Address: "ca:15012", RootFile: "/r.pem", TokenFile: "/t"} }, ""},
+		{"remote CA without root", func(c *Config) { c.CA = RemoteCA{Address: "ca:15012", TokenFile: "/t"} }, "ca root file"},
+		{"remote CA without token", func(c *Config) { c.CA = RemoteCA{Address: "ca:15012", RootFile: "/r.pem"} }, "ca token file"},
+		{"remote and local CA", func(c *Config) {
+			c.CADir, c.CA = "/ca", RemoteCA{Address: "ca:15012", RootFile: "/r.pem", TokenFile: "/t"}
+		}, "not both"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

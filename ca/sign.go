@@ -1,6 +1,7 @@
 package ca
 
 import (
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -44,12 +45,31 @@ func (c *CA) sign(csrDER []byte, want spiffeid.ID, ttl time.Duration) ([]*x509.C
 		return nil, fmt.Errorf("%w: CSR is for %s, requested %s", ErrInvalidCSR, id, want)
 	}
 
-	a := c.auth.Load()
 	lifetime := c.cfg.LeafTTL
 	if ttl > 0 {
 		lifetime = ttl
 	}
-	lifetime = min(lifetime, c.cfg.MaxTTL)
+	tmpl := &x509.Certificate{
+		// KeyEncipherment is meaningless for ECDSA keys but Istio sets it and
+		// some peers check for it.
+		KeyUsage:    x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+		// With an empty subject, crypto/x509 marks the SAN extension
+		// critical, as RFC 5280 4.2.1.6 requires.
+		URIs: []*url.URL{id.URL()},
+	}
+	chain, err := c.issue(tmpl, csr.PublicKey, min(lifetime, c.cfg.MaxTTL))
+	if err != nil {
+		return nil, fmt.Errorf("certificate for %s: %w", id, err)
+	}
+	return chain, nil
+}
+
+// issue completes tmpl — random serial, validity from now (backdated) for
+// lifetime but never past the root's — signs it for pub with the current
+// root and returns [leaf, root].
+func (c *CA) issue(tmpl *x509.Certificate, pub crypto.PublicKey, lifetime time.Duration) ([]*x509.Certificate, error) {
+	a := c.auth.Load()
 	now := c.now()
 	notAfter := now.Add(lifetime)
 	// A leaf that outlives its root would fail verification early anyway;
@@ -61,26 +81,17 @@ func (c *CA) sign(csrDER []byte, want spiffeid.ID, ttl time.Duration) ([]*x509.C
 	if err != nil {
 		return nil, err
 	}
-	tmpl := &x509.Certificate{
-		SerialNumber: serial,
-		NotBefore:    now.Add(-c.cfg.Backdate),
-		NotAfter:     notAfter,
-		// KeyEncipherment is meaningless for ECDSA keys but Istio sets it and
-		// some peers check for it.
-		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
-		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-		BasicConstraintsValid: true,
-		// With an empty subject, crypto/x509 marks the SAN extension
-		// critical, as RFC 5280 4.2.1.6 requires.
-		URIs: []*url.URL{id.URL()},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, a.cert, csr.PublicKey, a.key)
+	tmpl.SerialNumber = serial
+	tmpl.NotBefore = now.Add(-c.cfg.Backdate)
+	tmpl.NotAfter = notAfter
+	tmpl.BasicConstraintsValid = true
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, a.cert, pub, a.key)
 	if err != nil {
-		return nil, fmt.Errorf("signing certificate for %s: %w", id, err)
+		return nil, fmt.Errorf("signing: %w", err)
 	}
 	leaf, err := x509.ParseCertificate(der)
 	if err != nil {
-		return nil, fmt.Errorf("parsing issued certificate for %s: %w", id, err)
+		return nil, fmt.Errorf("parsing the issued certificate: %w", err)
 	}
 	return []*x509.Certificate{leaf, a.cert}, nil
 }

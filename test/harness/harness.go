@@ -16,7 +16,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/warren-mesh/warren/ca"
 	"github.com/warren-mesh/warren/netns"
 	"github.com/warren-mesh/warren/test/testbed"
 )
@@ -42,6 +41,8 @@ type Options struct {
 	Testbed testbed.Config
 	// Log receives the harness's own progress messages.
 	Log *slog.Logger
+	// CA, when set, runs a warren-controller CA for the agents (ca.go).
+	CA *CAOptions
 }
 
 // Mesh is a running testbed with one agent per node.
@@ -50,9 +51,10 @@ type Mesh struct {
 	Dir        string // state file, CA root and agent logs
 	ConfigPath string
 
-	opts   Options
-	mu     sync.Mutex
-	agents map[string]*testbed.Process // by node name
+	opts       Options
+	mu         sync.Mutex
+	agents     map[string]*testbed.Process // by node name
+	controller *testbed.Process            // the CA, when Options.CA is set
 }
 
 // Start builds the testbed, writes the state file (see writeConfig) and a
@@ -85,10 +87,8 @@ func Start(ctx context.Context, opts Options) (m *Mesh, err error) {
 	if m.TB, err = testbed.New(ctx, tbCfg, opts.Log); err != nil {
 		return m, err
 	}
-	caCfg := ca.DefaultConfig()
-	caCfg.Dir = filepath.Join(dir, "ca")
-	if _, err = ca.New(caCfg, opts.Log); err != nil {
-		return m, fmt.Errorf("creating CA root: %w", err)
+	if err = m.prepareCA(ctx); err != nil {
+		return m, err
 	}
 	if err = m.WriteConfig(m.Config()); err != nil {
 		return m, err
@@ -174,8 +174,8 @@ func (m *Mesh) StartAgent(ctx context.Context, node string) error {
 	// The agent lives until StopAgent or Close, not until ctx (which only
 	// bounds the start-up wait).
 	p, err := m.TB.Start(context.WithoutCancel(ctx), n.NetNS, logf, logf, m.opts.AgentBin,
-		"--config", m.ConfigPath, "--node", node, "--ca-dir", filepath.Join(m.Dir, "ca"),
-		"--redirect", m.opts.Redirect, "--readiness-addr", ":15021", "--log-level", "info")
+		append([]string{"--config", m.ConfigPath, "--node", node,
+			"--redirect", m.opts.Redirect, "--readiness-addr", ":15021", "--log-level", "info"}, m.caArgs(node)...)...)
 	if err != nil {
 		return fmt.Errorf("starting agent on %s: %w", node, err)
 	}
@@ -262,6 +262,9 @@ func (m *Mesh) Close() error {
 		if err := m.StopAgent(n); err != nil {
 			errs = append(errs, err)
 		}
+	}
+	if err := m.StopCA(); err != nil {
+		errs = append(errs, err)
 	}
 	// A race-enabled agent reports data races on its output and carries
 	// on; make them fail the run.
