@@ -10,6 +10,10 @@ import (
 // (a drained buffer is returned to the pool).
 const chunkSize = 64 << 10
 
+// smallReadSize is ReadFrom's buffer while traffic is light: one typical
+// request fits, and it lives on the goroutine's stack.
+const smallReadSize = 4 << 10
+
 // copySize is the buffer ReadFrom uses: large enough that a fast source fills
 // whole 1 MiB-ish DATA frames in a few reads, small enough to pool per stream.
 const copySize = 256 << 10

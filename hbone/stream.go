@@ -268,22 +268,41 @@ func (s *Stream) writeErrLocked() error {
 	return nil
 }
 
-// ReadFrom copies r into the stream through a pooled buffer large enough to
-// make big DATA frames. Like io.Copy it does not CloseWrite at EOF.
+// ReadFrom copies r into the stream. It reads into a small buffer and takes
+// a large pooled one (for big DATA frames) only while reads fill the small
+// one, handing it back as soon as traffic slows to a trickle: an idle
+// connection blocked in Read must not pin 256 KiB (10,000 idle connections
+// held 2.5 GB that way). Like io.Copy it does not CloseWrite at EOF.
 func (s *Stream) ReadFrom(r io.Reader) (int64, error) {
 	s.writeMu.Lock()
 	defer s.writeMu.Unlock()
-	buf := s.c.bufs.copies.Get().(*[copySize]byte)
-	defer s.c.bufs.copies.Put(buf)
+	var small [smallReadSize]byte
+	var big *[copySize]byte
+	defer func() {
+		if big != nil {
+			s.c.bufs.copies.Put(big)
+		}
+	}()
 	var total int64
 	for {
-		n, rerr := r.Read(buf[:])
+		buf := small[:]
+		if big != nil {
+			buf = big[:]
+		}
+		n, rerr := r.Read(buf)
 		if n > 0 {
 			w, err := s.write(buf[:n])
 			total += int64(w)
 			if err != nil {
 				return total, err
 			}
+		}
+		switch {
+		case big == nil && n == len(small):
+			big = s.c.bufs.copies.Get().(*[copySize]byte)
+		case big != nil && n < smallReadSize:
+			s.c.bufs.copies.Put(big)
+			big = nil
 		}
 		if rerr == io.EOF {
 			return total, nil

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"sync"
 	"sync/atomic"
 )
 
@@ -23,17 +24,31 @@ type Duplex interface {
 // error.
 func Forward(client, server Duplex) (sent, received int64, err error) {
 	var sentN, recvN atomic.Int64
-	errc := make(chan error, 2)
-	go func() { errc <- pipe(server, client, &sentN) }()
-	go func() { errc <- pipe(client, server, &recvN) }()
-	for range 2 {
-		if e := <-errc; e != nil && err == nil {
-			// The first failure aborts both sides, which also unblocks the
-			// other direction's copy.
-			err = e
+	var once sync.Once
+	// The first failure aborts both sides, which also unblocks the other
+	// direction's copy.
+	fail := func() {
+		once.Do(func() {
 			abort(client)
 			abort(server)
+		})
+	}
+	// One direction runs here, the other on one extra goroutine: an idle
+	// connection costs a goroutine stack per direction, not more.
+	done := make(chan error, 1)
+	go func() {
+		err := pipe(server, client, &sentN)
+		if err != nil {
+			fail()
 		}
+		done <- err
+	}()
+	err = pipe(client, server, &recvN)
+	if err != nil {
+		fail()
+	}
+	if err2 := <-done; err == nil {
+		err = err2
 	}
 	client.Close()
 	server.Close()

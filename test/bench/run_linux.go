@@ -120,6 +120,17 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) (*Results, error) {
 				return nil, err
 			}
 		}
+		// Fresh agents for every run: Go keeps memory it once used (the
+		// previous run's 10,000 idle connections), which would otherwise
+		// show up in this run's RSS figures.
+		for _, n := range m.TB.Nodes {
+			if err := m.StopAgent(n.Name); err != nil {
+				return nil, fmt.Errorf("restarting agent on %s: %w", n.Name, err)
+			}
+			if err := m.StartAgent(ctx, n.Name); err != nil {
+				return nil, fmt.Errorf("restarting agent on %s: %w", n.Name, err)
+			}
+		}
 		if err := r.setCapture(ctx, true); err != nil {
 			return nil, err
 		}
