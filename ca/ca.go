@@ -1,9 +1,11 @@
 package ca
 
 import (
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/rsa"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
@@ -16,6 +18,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -45,22 +48,49 @@ type CA struct {
 	now func() time.Time
 }
 
-// authority is the signing root and the roots currently trusted. Immutable.
+// authority is the signing certificate with its key, the chain above it
+// and the roots currently trusted. Immutable.
 type authority struct {
-	cert  *x509.Certificate
-	key   *ecdsa.PrivateKey
-	roots []*x509.Certificate
+	cert *x509.Certificate
+	key  crypto.Signer
+	// chain is what follows a leaf in an issued chain: cert, any
+	// intermediates above it, and the root it chains to, last. For a
+	// self-signed root it is just [cert].
+	chain []*x509.Certificate
+	// notAfter is the earliest expiry in chain: no leaf may outlive it.
+	notAfter time.Time
+	roots    []*x509.Certificate
+}
+
+// newAuthority fills in notAfter.
+func newAuthority(key crypto.Signer, chain, roots []*x509.Certificate) *authority {
+	a := &authority{cert: chain[0], key: key, chain: chain, roots: roots, notAfter: chain[0].NotAfter}
+	for _, c := range chain[1:] {
+		if c.NotAfter.Before(a.notAfter) {
+			a.notAfter = c.NotAfter
+		}
+	}
+	return a
 }
 
 // New returns a CA for cfg.
 //
-// With cfg.Dir set it loads root.pem and root-key.pem from there, checking
-// that the certificate is an unexpired CA for the trust domain with an ECDSA
-// P-256 key and that the key matches it. When neither file exists it
-// generates a new root and writes both (the key with mode 0600, the directory
-// created with 0700 if missing). When only one exists it fails rather than
-// overwrite half of a root. Errors name the file; they are not retryable
-// without operator action except for transient I/O errors.
+// With cfg.Dir set it loads one of two layouts from there:
+//
+//   - Warren's own root: root.pem and root-key.pem, a self-signed ECDSA
+//     P-256 CA for the trust domain and its key. When neither file exists
+//     it generates a new root and writes both (the key with mode 0600, the
+//     directory created with 0700 if missing). When only one exists it
+//     fails rather than overwrite half of a root.
+//   - Istio's plugged-in CA (the cacerts Secret): ca-cert.pem and ca-key.pem
+//     sign, root-cert.pem is the trust bundle, cert-chain.pem links
+//     ca-cert.pem to a root (see loadPlugged). All four must exist; nothing
+//     is ever written.
+//
+// Both layouts at once is an error, as is a certificate or key that does
+// not fit (not a CA, expired, mismatched key, chain not verifying). Errors
+// name the file; they are not retryable without operator action except for
+// transient I/O errors.
 func New(cfg Config, log *slog.Logger) (*CA, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("ca config: %w", err)
@@ -92,13 +122,51 @@ func New(cfg Config, log *slog.Logger) (*CA, error) {
 func (c *CA) TrustDomain() spiffeid.TrustDomain { return c.td }
 
 // Roots returns the trust bundle: every root a certificate from this CA may
-// chain to. It holds one root today and several during a rotation. The
-// slice is a copy; the certificates must not be modified.
+// chain to. It holds Warren's own root, or every root of a plugged-in CA's
+// root-cert.pem (several during a rotation). The slice is a copy; the
+// certificates must not be modified.
 func (c *CA) Roots() []*x509.Certificate {
 	return slices.Clone(c.auth.Load().roots)
 }
 
 func (c *CA) loadOrGenerate() (*authority, error) {
+	own, err := existing(c.cfg.Dir, RootCertFile, RootKeyFile)
+	if err != nil {
+		return nil, err
+	}
+	plugged, err := existing(c.cfg.Dir, PluggedCertFile, PluggedKeyFile, PluggedRootFile, PluggedChainFile)
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case len(own) > 0 && len(plugged) > 0:
+		return nil, fmt.Errorf("CA directory %s holds both a Warren root (%s) and Istio plugged-in CA files (%s); keep one layout",
+			c.cfg.Dir, strings.Join(own, ", "), strings.Join(plugged, ", "))
+	case len(plugged) > 0:
+		return c.loadPlugged()
+	default:
+		return c.loadOwn()
+	}
+}
+
+// existing returns which of names exist in dir.
+func existing(dir string, names ...string) ([]string, error) {
+	var out []string
+	for _, n := range names {
+		_, err := os.Stat(filepath.Join(dir, n))
+		switch {
+		case err == nil:
+			out = append(out, n)
+		case !errors.Is(err, fs.ErrNotExist):
+			return nil, fmt.Errorf("checking CA directory: %w", err)
+		}
+	}
+	return out, nil
+}
+
+// loadOwn loads Warren's root.pem and root-key.pem, or generates and
+// persists them when both are missing.
+func (c *CA) loadOwn() (*authority, error) {
 	certPath := filepath.Join(c.cfg.Dir, RootCertFile)
 	keyPath := filepath.Join(c.cfg.Dir, RootKeyFile)
 	certPEM, certErr := os.ReadFile(certPath)
@@ -126,65 +194,89 @@ func (c *CA) loadOrGenerate() (*authority, error) {
 		return nil, fmt.Errorf("root key %s is missing but its certificate %s exists; restore it or remove both to create a new root", keyPath, certPath)
 	}
 
-	cert, err := c.parseRootCert(certPath, certPEM)
+	cert, err := parseOneCert("root certificate", certPath, certPEM)
 	if err != nil {
 		return nil, err
 	}
-	key, err := parseRootKey(keyPath, keyPEM)
+	// Warren's own root is ECDSA P-256 throughout, as the roots it
+	// generates; other key types come with a plugged-in CA.
+	if err := c.checkCACert("root certificate", certPath, cert, isP256, "ECDSA P-256"); err != nil {
+		return nil, err
+	}
+	key, err := parseKey("root key", keyPath, keyPEM)
 	if err != nil {
 		return nil, err
 	}
-	if !key.PublicKey.Equal(cert.PublicKey) {
-		return nil, fmt.Errorf("root key %s does not match the certificate in %s", keyPath, certPath)
+	if !isP256(key.Public()) {
+		return nil, fmt.Errorf("root key %s: key is %s, want ECDSA P-256", keyPath, keyKind(key))
 	}
-	if fi, err := os.Stat(keyPath); err == nil && fi.Mode().Perm()&0o077 != 0 {
-		c.log.Warn("root key is readable by group or others", "path", keyPath, "mode", fi.Mode().Perm().String())
+	if err := matchKey("root key", keyPath, key, certPath, cert); err != nil {
+		return nil, err
 	}
+	c.warnKeyMode(keyPath)
 	c.log.Info("loaded root", "trust_domain", c.td.Name(), "dir", c.cfg.Dir, "serial", cert.SerialNumber.Text(16), "not_after", cert.NotAfter)
-	return &authority{cert: cert, key: key, roots: []*x509.Certificate{cert}}, nil
+	return newAuthority(key, []*x509.Certificate{cert}, []*x509.Certificate{cert}), nil
 }
 
-// parseRootCert parses and checks the persisted root certificate.
-func (c *CA) parseRootCert(path string, data []byte) (*x509.Certificate, error) {
+func (c *CA) warnKeyMode(path string) {
+	if fi, err := os.Stat(path); err == nil && fi.Mode().Perm()&0o077 != 0 {
+		c.log.Warn("CA key is readable by group or others", "path", path, "mode", fi.Mode().Perm().String())
+	}
+}
+
+// parseOneCert parses the first PEM block of data, which must be a
+// certificate; what describes the file in errors.
+func parseOneCert(what, path string, data []byte) (*x509.Certificate, error) {
 	block, _ := pem.Decode(data)
 	if block == nil {
-		return nil, fmt.Errorf("root certificate %s: no PEM data", path)
+		return nil, fmt.Errorf("%s %s: no PEM data", what, path)
 	}
 	if block.Type != "CERTIFICATE" {
-		return nil, fmt.Errorf("root certificate %s: PEM block is %q, want CERTIFICATE", path, block.Type)
+		return nil, fmt.Errorf("%s %s: PEM block is %q, want CERTIFICATE", what, path, block.Type)
 	}
 	cert, err := x509.ParseCertificate(block.Bytes)
 	if err != nil {
-		return nil, fmt.Errorf("root certificate %s: %w", path, err)
-	}
-	if !cert.BasicConstraintsValid || !cert.IsCA {
-		return nil, fmt.Errorf("root certificate %s: not a CA certificate", path)
-	}
-	if cert.KeyUsage&x509.KeyUsageCertSign == 0 {
-		return nil, fmt.Errorf("root certificate %s: key usage lacks certificate signing", path)
-	}
-	pub, ok := cert.PublicKey.(*ecdsa.PublicKey)
-	if !ok || pub.Curve != elliptic.P256() {
-		return nil, fmt.Errorf("root certificate %s: public key is %s, want ECDSA P-256", path, keyKind(cert.PublicKey))
-	}
-	if now := c.now(); now.After(cert.NotAfter) {
-		return nil, fmt.Errorf("root certificate %s: expired at %s", path, cert.NotAfter.UTC().Format(time.RFC3339))
-	}
-	// A root need not carry a SPIFFE ID, but one naming another trust domain
-	// means Dir belongs to a different mesh.
-	for _, u := range cert.URIs {
-		if td, err := spiffeid.TrustDomainFromURI(u); err == nil && td != c.td {
-			return nil, fmt.Errorf("root certificate %s: is for trust domain %q, configured %q", path, td.Name(), c.td.Name())
-		}
+		return nil, fmt.Errorf("%s %s: %w", what, path, err)
 	}
 	return cert, nil
 }
 
-// parseRootKey parses the persisted root key, PKCS#8 or SEC 1.
-func parseRootKey(path string, data []byte) (*ecdsa.PrivateKey, error) {
+// checkCACert checks that cert may sign leaves now: a CA allowed to sign
+// certificates, with a key that keyOK accepts (want describes which, for
+// the error), within its validity, and not for another trust domain.
+func (c *CA) checkCACert(what, path string, cert *x509.Certificate, keyOK func(crypto.PublicKey) bool, want string) error {
+	if !cert.BasicConstraintsValid || !cert.IsCA {
+		return fmt.Errorf("%s %s: not a CA certificate", what, path)
+	}
+	if cert.KeyUsage&x509.KeyUsageCertSign == 0 {
+		return fmt.Errorf("%s %s: key usage lacks certificate signing", what, path)
+	}
+	if !keyOK(cert.PublicKey) {
+		return fmt.Errorf("%s %s: public key is %s, want %s", what, path, keyKind(cert.PublicKey), want)
+	}
+	now := c.now()
+	if now.After(cert.NotAfter) {
+		return fmt.Errorf("%s %s: expired at %s", what, path, cert.NotAfter.UTC().Format(time.RFC3339))
+	}
+	if now.Before(cert.NotBefore) {
+		return fmt.Errorf("%s %s: not valid before %s", what, path, cert.NotBefore.UTC().Format(time.RFC3339))
+	}
+	// A CA need not carry a SPIFFE ID, but one naming another trust domain
+	// means Dir belongs to a different mesh.
+	for _, u := range cert.URIs {
+		if td, err := spiffeid.TrustDomainFromURI(u); err == nil && td != c.td {
+			return fmt.Errorf("%s %s: is for trust domain %q, configured %q", what, path, td.Name(), c.td.Name())
+		}
+	}
+	return nil
+}
+
+// parseKey parses a PEM private key: PKCS#8, SEC 1 (EC) or PKCS#1 (RSA).
+// It does not restrict the key type.
+func parseKey(what, path string, data []byte) (crypto.Signer, error) {
 	block, _ := pem.Decode(data)
 	if block == nil {
-		return nil, fmt.Errorf("root key %s: no PEM data", path)
+		return nil, fmt.Errorf("%s %s: no PEM data", what, path)
 	}
 	var (
 		key any
@@ -195,17 +287,29 @@ func parseRootKey(path string, data []byte) (*ecdsa.PrivateKey, error) {
 		key, err = x509.ParsePKCS8PrivateKey(block.Bytes)
 	case "EC PRIVATE KEY":
 		key, err = x509.ParseECPrivateKey(block.Bytes)
+	case "RSA PRIVATE KEY":
+		key, err = x509.ParsePKCS1PrivateKey(block.Bytes)
 	default:
-		return nil, fmt.Errorf("root key %s: PEM block is %q, want PRIVATE KEY or EC PRIVATE KEY", path, block.Type)
+		return nil, fmt.Errorf("%s %s: PEM block is %q, want PRIVATE KEY, EC PRIVATE KEY or RSA PRIVATE KEY", what, path, block.Type)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("root key %s: %w", path, err)
+		return nil, fmt.Errorf("%s %s: %w", what, path, err)
 	}
-	ec, ok := key.(*ecdsa.PrivateKey)
-	if !ok || ec.Curve != elliptic.P256() {
-		return nil, fmt.Errorf("root key %s: key is %s, want ECDSA P-256", path, keyKind(key))
+	// Callers check the key type against their own policy.
+	signer, ok := key.(crypto.Signer)
+	if !ok {
+		return nil, fmt.Errorf("%s %s: key is %s, which cannot sign", what, path, keyKind(key))
 	}
-	return ec, nil
+	return signer, nil
+}
+
+// matchKey checks that key is the private half of cert's public key.
+func matchKey(what, keyPath string, key crypto.Signer, certPath string, cert *x509.Certificate) error {
+	pub, ok := key.Public().(interface{ Equal(crypto.PublicKey) bool })
+	if !ok || !pub.Equal(cert.PublicKey) {
+		return fmt.Errorf("%s %s does not match the certificate in %s", what, keyPath, certPath)
+	}
+	return nil
 }
 
 // generate makes a self-signed ECDSA P-256 root for the trust domain.
@@ -239,7 +343,7 @@ func (c *CA) generate() (*authority, error) {
 	if err != nil {
 		return nil, fmt.Errorf("parsing generated root certificate: %w", err)
 	}
-	return &authority{cert: cert, key: key, roots: []*x509.Certificate{cert}}, nil
+	return newAuthority(key, []*x509.Certificate{cert}, []*x509.Certificate{cert}), nil
 }
 
 // persist writes the root to dir: key first, certificate last, each through
@@ -314,7 +418,36 @@ func keyKind(k any) string {
 		return "ECDSA " + k.Curve.Params().Name
 	case *ecdsa.PrivateKey:
 		return "ECDSA " + k.Curve.Params().Name
+	case *rsa.PublicKey:
+		return fmt.Sprintf("RSA %d", k.N.BitLen())
+	case *rsa.PrivateKey:
+		return fmt.Sprintf("RSA %d", k.N.BitLen())
 	default:
 		return fmt.Sprintf("%T", k)
 	}
+}
+
+func isP256(pub crypto.PublicKey) bool {
+	k, ok := pub.(*ecdsa.PublicKey)
+	return ok && k.Curve == elliptic.P256()
+}
+
+// minRSABits is the smallest RSA CA key accepted: 2048 bits is NIST's floor
+// for signatures (SP 800-131A) and the size Istio's tooling generates.
+const minRSABits = 2048
+
+// pluggedKeyWant describes what isPluggedKey accepts (minRSABits spelt
+// out, since a constant cannot format it).
+const pluggedKeyWant = "RSA of at least 2048 bits, ECDSA P-256 or P-384"
+
+// isPluggedKey accepts the CA keys plugged-in Istio CAs commonly use: RSA
+// of at least minRSABits, ECDSA P-256 or P-384. Leaves stay ECDSA P-256.
+func isPluggedKey(pub crypto.PublicKey) bool {
+	switch k := pub.(type) {
+	case *ecdsa.PublicKey:
+		return k.Curve == elliptic.P256() || k.Curve == elliptic.P384()
+	case *rsa.PublicKey:
+		return k.N.BitLen() >= minRSABits
+	}
+	return false
 }

@@ -14,8 +14,8 @@ import (
 // SignServing issues a TLS server certificate for the CA's own gRPC
 // endpoint: DNS and IP SANs, no SPIFFE ID, server authentication only, so
 // that it can never pass as a workload identity. pub must be an ECDSA P-256
-// key. It returns the chain leaf first, root last, and has no side effects
-// beyond consuming randomness.
+// key. It returns the chain as Sign does, leaf first, root last, and has no
+// side effects beyond consuming randomness.
 func (c *CA) SignServing(pub crypto.PublicKey, dnsNames []string, ips []net.IP, ttl time.Duration) ([]*x509.Certificate, error) {
 	if k, ok := pub.(*ecdsa.PublicKey); !ok || k.Curve != elliptic.P256() {
 		return nil, fmt.Errorf("serving key is %s, want ECDSA P-256", keyKind(pub))

@@ -14,14 +14,16 @@ import (
 )
 
 // Sign checks a DER-encoded PKCS#10 CSR and issues a leaf X.509-SVID for the
-// SPIFFE ID it carries. It returns the chain leaf first, root last.
+// SPIFFE ID it carries. It returns the chain leaf first, then the
+// intermediates of a plugged-in CA (none for Warren's own root), root last.
 //
 // The CSR must be signed with ECDSA P-256 / SHA-256 and carry exactly one
 // URI SAN, a SPIFFE ID with a path in the CA's trust domain, and no other
 // SAN; anything else yields an error wrapping ErrInvalidCSR. The CSR's
 // subject is ignored: the leaf has none, as in Istio. The lifetime is ttl,
-// or Config.LeafTTL when ttl <= 0, capped at Config.MaxTTL and at the root's
-// expiry. Sign has no side effects beyond consuming randomness.
+// or Config.LeafTTL when ttl <= 0, capped at Config.MaxTTL and at the
+// earliest expiry in the chain above the leaf. Sign has no side effects
+// beyond consuming randomness.
 func (c *CA) Sign(csrDER []byte, ttl time.Duration) ([]*x509.Certificate, error) {
 	return c.sign(csrDER, spiffeid.ID{}, ttl)
 }
@@ -66,16 +68,18 @@ func (c *CA) sign(csrDER []byte, want spiffeid.ID, ttl time.Duration) ([]*x509.C
 }
 
 // issue completes tmpl — random serial, validity from now (backdated) for
-// lifetime but never past the root's — signs it for pub with the current
-// root and returns [leaf, root].
+// lifetime but never past any certificate above it — signs it for pub with
+// the current signing certificate and returns [leaf, intermediates...,
+// root].
 func (c *CA) issue(tmpl *x509.Certificate, pub crypto.PublicKey, lifetime time.Duration) ([]*x509.Certificate, error) {
 	a := c.auth.Load()
 	now := c.now()
 	notAfter := now.Add(lifetime)
-	// A leaf that outlives its root would fail verification early anyway;
-	// cutting it makes the holder refresh in time.
-	if notAfter.After(a.cert.NotAfter) {
-		notAfter = a.cert.NotAfter
+	// A leaf that outlives its intermediate or root would fail
+	// verification early anyway; cutting it makes the holder refresh in
+	// time.
+	if notAfter.After(a.notAfter) {
+		notAfter = a.notAfter
 	}
 	serial, err := randomSerial()
 	if err != nil {
@@ -93,7 +97,7 @@ func (c *CA) issue(tmpl *x509.Certificate, pub crypto.PublicKey, lifetime time.D
 	if err != nil {
 		return nil, fmt.Errorf("parsing the issued certificate: %w", err)
 	}
-	return []*x509.Certificate{leaf, a.cert}, nil
+	return append([]*x509.Certificate{leaf}, a.chain...), nil
 }
 
 // checkCSR parses csrDER and enforces the rules in Sign's comment.

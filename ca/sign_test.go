@@ -84,7 +84,7 @@ func TestSignRejects(t *testing.T) {
 		{name: "garbage", csr: []byte("definitely not DER"), wantErr: "parsing"},
 		{name: "empty", csr: nil, wantErr: "parsing"},
 		{name: "bad signature", csr: badSig, wantErr: "signature"},
-		{name: "rsa key", csr: newCSR(t, rsaKey, testID), wantErr: "*rsa.PublicKey, want ECDSA P-256"},
+		{name: "rsa key", csr: newCSR(t, rsaKey, testID), wantErr: "RSA 1024, want ECDSA P-256"},
 		{name: "p384 key", csr: newCSR(t, p384, testID), wantErr: "ECDSA P-384, want ECDSA P-256"},
 		{name: "sha384 signature", csr: csrWith(t, key, func(r *x509.CertificateRequest) {
 			r.URIs = []*url.URL{mustURL(t, testID)}

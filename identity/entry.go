@@ -183,11 +183,26 @@ func (m *Manager) obtain(ctx context.Context, id spiffeid.ID, key *ecdsa.Private
 	if err := m.checkChain(ctx, id, key, chain); err != nil {
 		return nil, err
 	}
-	// Peers hold the root already; leave it out of what TLS presents.
-	if n := len(chain); n > 1 && bytes.Equal(chain[n-1].RawSubject, chain[n-1].RawIssuer) {
-		chain = chain[:n-1]
+	return &x509svid.SVID{ID: id, Certificates: m.presented(chain), PrivateKey: key}, nil
+}
+
+// presented is what TLS presents of an issued chain: the leaf and any
+// intermediates, which peers need to reach a root, but not a trailing root
+// (self-signed, or a trust anchor of the bundle), which peers hold already.
+// The chain is leaf first; the leaf itself is always kept.
+func (m *Manager) presented(chain []*x509.Certificate) []*x509.Certificate {
+	n := len(chain)
+	if n < 2 {
+		return chain
 	}
-	return &x509svid.SVID{ID: id, Certificates: chain, PrivateKey: key}, nil
+	last := chain[n-1]
+	if bytes.Equal(last.RawSubject, last.RawIssuer) {
+		return chain[:n-1]
+	}
+	if b := m.bundle.Load(); b != nil && b.HasX509Authority(last) {
+		return chain[:n-1]
+	}
+	return chain
 }
 
 // checkChain makes sure the issuer returned a certificate for id and key

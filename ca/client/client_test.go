@@ -56,11 +56,17 @@ type testCA struct {
 
 func startCA(t *testing.T) *testCA {
 	t.Helper()
-	dir := t.TempDir()
 	c, err := ca.New(ca.DefaultConfig(), discard())
 	if err != nil {
 		t.Fatal(err)
 	}
+	return startCAWith(t, c)
+}
+
+// startCAWith serves c; the client's root file holds c.Roots().
+func startCAWith(t *testing.T, c *ca.CA) *testCA {
+	t.Helper()
+	dir := t.TempDir()
 	static, err := server.ParseStatic([]byte(nodesYAML), td)
 	if err != nil {
 		t.Fatal(err)

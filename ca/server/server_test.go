@@ -99,6 +99,12 @@ func startServer(t testing.TB, cfg Config, authn Authenticator, authz Authorizer
 	if err != nil {
 		t.Fatal(err)
 	}
+	return startServerWith(t, c, cfg, authn, authz)
+}
+
+// startServerWith serves c; the test client trusts c.Roots().
+func startServerWith(t testing.TB, c *ca.CA, cfg Config, authn Authenticator, authz Authorizer) *env {
+	t.Helper()
 	reg := prometheus.NewRegistry()
 	if cfg.IPs == nil {
 		cfg.IPs = []net.IP{net.IPv4(127, 0, 0, 1)}

@@ -32,7 +32,7 @@ func run() error {
 	}
 	flag.StringVar(&cfg.ConfigFile, "config", "", "local state file (YAML: workloads, services, policies); watched for changes")
 	flag.StringVar(&cfg.Node, "node", nodeDefault, "this node's name (default $NODE_NAME, else the hostname)")
-	flag.StringVar(&cfg.CADir, "ca-dir", "", "directory of the local CA root (root.pem, root-key.pem); generated if empty or missing")
+	flag.StringVar(&cfg.CADir, "ca-dir", "", "directory of the local CA: a root (root.pem, root-key.pem; generated if missing) or Istio's plugged-in layout (ca-cert.pem, ca-key.pem, root-cert.pem, cert-chain.pem)")
 	flag.StringVar(&cfg.CA.Address, "ca-address", "", "CA service host:port (Warren's controller or istiod, e.g. istiod.istio-system.svc:15012); replaces --ca-dir")
 	flag.StringVar(&cfg.CA.ServerName, "ca-server-name", "", "name expected in the CA's certificate (default: the host of --ca-address)")
 	flag.StringVar(&cfg.CA.RootFile, "ca-root-file", "", "PEM roots that verify the CA and seed the trust bundle (e.g. the mounted istio-ca-root-cert ConfigMap)")

@@ -45,7 +45,7 @@ const (
 func run() error {
 	caCfg := ca.DefaultConfig()
 	srvCfg := server.DefaultConfig()
-	flag.StringVar(&caCfg.Dir, "ca-dir", "", "directory of the CA root (root.pem, root-key.pem; in Kubernetes a mounted Secret); generated and persisted there if both files are missing")
+	flag.StringVar(&caCfg.Dir, "ca-dir", "", "directory of the CA (in Kubernetes a mounted Secret): a root (root.pem, root-key.pem; generated and persisted if both are missing) or Istio's plugged-in intermediate layout (ca-cert.pem, ca-key.pem, root-cert.pem, cert-chain.pem)")
 	flag.StringVar(&caCfg.TrustDomain, "trust-domain", caCfg.TrustDomain, "SPIFFE trust domain")
 	flag.DurationVar(&caCfg.LeafTTL, "cert-ttl", caCfg.LeafTTL, "workload certificate lifetime when a request names none")
 	flag.DurationVar(&srvCfg.MaxTTL, "max-cert-ttl", srvCfg.MaxTTL, "longest workload certificate lifetime; longer requests are shortened")

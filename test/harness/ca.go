@@ -188,3 +188,38 @@ func (m *Mesh) StopCA() error {
 	}
 	return p.Stop()
 }
+
+// UseLocalCAFiles replaces the agents' local CA directory (CADir) with
+// files, file name to content (for instance Istio's plugged-in CA layout),
+// and restarts every agent so that it loads them. In order: stops every
+// agent, removes CADir, writes the files (mode 0600), starts the agents and
+// waits until each is ready. A failure may leave agents stopped; Close
+// still tears everything down. Meshes with a controller CA
+// are refused, since their agents do not read CADir.
+func (m *Mesh) UseLocalCAFiles(ctx context.Context, files map[string][]byte) error {
+	if m.opts.CA != nil {
+		return errors.New("mesh runs a controller CA; its agents do not read the local CA directory")
+	}
+	for _, n := range m.TB.Nodes {
+		if err := m.StopAgent(n.Name); err != nil {
+			return fmt.Errorf("stopping agent on %s: %w", n.Name, err)
+		}
+	}
+	if err := os.RemoveAll(m.CADir()); err != nil {
+		return fmt.Errorf("clearing CA directory: %w", err)
+	}
+	if err := os.MkdirAll(m.CADir(), 0o700); err != nil {
+		return fmt.Errorf("creating CA directory: %w", err)
+	}
+	for name, data := range files {
+		if err := os.WriteFile(filepath.Join(m.CADir(), name), data, 0o600); err != nil {
+			return fmt.Errorf("writing CA file: %w", err)
+		}
+	}
+	for _, n := range m.TB.Nodes {
+		if err := m.StartAgent(ctx, n.Name); err != nil {
+			return err
+		}
+	}
+	return nil
+}
