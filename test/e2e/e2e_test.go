@@ -563,6 +563,7 @@ func testPolicyClosesLive(t *testing.T, m *harness.Mesh) {
 	if err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
 		t.Fatalf("connection now denied was not reset (read: %v)", err)
 	}
+	t.Logf("connection denied by the new policy closed %v after the state file changed", took)
 	// The file watcher debounces 100 ms; the rest is the agents' work.
 	if took > time.Second {
 		t.Errorf("denied connection closed after %v, want within 1s", took)
