@@ -54,15 +54,9 @@ func run() error {
 
 	// Every record reaches the level filter, which decides per component;
 	// POST /logging changes it at run time.
-	opts := &slog.HandlerOptions{Level: slog.LevelDebug}
-	var h slog.Handler
-	switch *logFormat {
-	case "json":
-		h = slog.NewJSONHandler(os.Stdout, opts)
-	case "text":
-		h = slog.NewTextHandler(os.Stdout, opts)
-	default:
-		return fmt.Errorf("--log-format: %q is not json or text", *logFormat)
+	h, err := logging.NewFormatHandler(*logFormat, os.Stdout, &slog.HandlerOptions{Level: slog.LevelDebug})
+	if err != nil {
+		return fmt.Errorf("--log-format: %w", err)
 	}
 	levels := logging.New(h, slog.LevelInfo)
 	if err := levels.Init(*logLevel); err != nil {

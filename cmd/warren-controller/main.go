@@ -26,6 +26,7 @@ import (
 	"github.com/warren-mesh/warren/ca"
 	"github.com/warren-mesh/warren/ca/kube"
 	"github.com/warren-mesh/warren/ca/server"
+	"github.com/warren-mesh/warren/logging"
 	"github.com/warren-mesh/warren/metrics"
 )
 
@@ -67,14 +68,9 @@ func run() error {
 	if flag.NArg() > 0 {
 		return fmt.Errorf("unexpected arguments %q", flag.Args())
 	}
-	var h slog.Handler
-	switch *logFormat {
-	case "json":
-		h = slog.NewJSONHandler(os.Stdout, nil)
-	case "text":
-		h = slog.NewTextHandler(os.Stdout, nil)
-	default:
-		return fmt.Errorf("--log-format: %q is not json or text", *logFormat)
+	h, err := logging.NewFormatHandler(*logFormat, os.Stdout, nil)
+	if err != nil {
+		return fmt.Errorf("--log-format: %w", err)
 	}
 	log := slog.New(h)
 
