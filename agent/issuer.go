@@ -63,6 +63,9 @@ func (c Config) issuer(log *slog.Logger) (identity.Issuer, func() error, error) 
 	}
 	cc := client.DefaultConfig()
 	cc.Address, cc.ServerName, cc.RootFile, cc.TokenFile = c.CA.Address, c.CA.ServerName, c.CA.RootFile, c.CA.TokenFile
+	// istiod picks its node authorizer by this cluster name; without it
+	// every ImpersonatedIdentity request is refused.
+	cc.ClusterID = c.ClusterID
 	cl, err := client.New(cc, log)
 	if err != nil {
 		return nil, nil, err
