@@ -11,7 +11,7 @@ PKGS      := ./...
 APT_PKGS  := iptables nftables iproute2
 APT_BINS  := iptables-restore iptables-save nft ip
 
-.PHONY: all build deps test test-unit vet fmt-check demo bench clean kube-bins
+.PHONY: all build deps test test-unit vet fmt-check demo demo-root bench clean kube-bins
 
 all: build
 
@@ -55,9 +55,12 @@ kube-bins:
 test-unit:
 	$(GO) test -count=1 -short $(PKGS)
 
-demo: deps build
-	@if [ "$$(id -u)" != 0 ]; then echo "make demo: needs root (it builds network namespaces, veth links and capture rules); run it as root" >&2; exit 1; fi
+demo: demo-root deps build
 	$(BIN)/warrenctl demo --agent $(BIN)/warren-agent
+
+# demo-root stops `make demo` before anything else when not root.
+demo-root:
+	@if [ "$$(id -u)" != 0 ]; then echo "make demo: needs root (it builds network namespaces, veth links and capture rules); run it as root" >&2; exit 1; fi
 
 # bench runs the benchmark harness (test/bench, see BENCHMARKS.md): plain
 # TCP, stunnel and Warren on the network-namespace testbed, then the Go
