@@ -196,3 +196,43 @@ func runThroughput(b *testing.B, w io.Writer, closeWrite func(), recv <-chan int
 		b.Fatalf("receiver got %d bytes, want %d", n, int64(b.N)*benchChunk)
 	}
 }
+
+// BenchmarkRoundTrip measures per-message overhead: one stream through Pool
+// and Server over loopback to an echo handler, each op writing one byte and
+// reading it back, so the cost is framing, flushing and wake-ups rather than
+// bytes.
+func BenchmarkRoundTrip(b *testing.B) {
+	h := HandlerFunc(func(_ context.Context, in *Inbound) {
+		s, err := in.Accept()
+		if err != nil {
+			return
+		}
+		defer s.Close()
+		var buf [1]byte
+		for {
+			if _, err := s.Read(buf[:]); err != nil {
+				return
+			}
+			if _, err := s.Write(buf[:]); err != nil {
+				return
+			}
+		}
+	})
+	e := newBenchEnv(b, h)
+	s, err := e.pool.Connect(context.Background(), e.request())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	var buf [1]byte
+	b.ReportAllocs()
+	b.ResetTimer()
+	for range b.N {
+		if _, err := s.Write(buf[:]); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := io.ReadFull(s, buf[:]); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
