@@ -54,6 +54,14 @@ func (ps *podSet) PodByIP(ip netip.Addr) (*proxy.Pod, bool) {
 	return p, ok
 }
 
+// enrolled reports whether the pod with uid is captured now.
+func (ps *podSet) enrolled(uid string) bool {
+	ps.mu.RLock()
+	defer ps.mu.RUnlock()
+	_, ok := ps.running[uid]
+	return ok
+}
+
 // Pending lists local pods not (yet) enrolled, with why.
 func (ps *podSet) Pending() map[string]error {
 	ps.rmu.Lock()

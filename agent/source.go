@@ -1,8 +1,6 @@
 package agent
 
 import (
-	"net/netip"
-
 	"github.com/warren-mesh/warren/admin"
 	"github.com/warren-mesh/warren/flow"
 	"github.com/warren-mesh/warren/identity"
@@ -31,17 +29,10 @@ func (s *adminSource) LocalPods() []admin.PodState {
 		ps := admin.PodState{Workload: w, Up: true}
 		if err, ok := pending[w.UID]; ok {
 			ps.Up, ps.Pending = false, err.Error()
-		} else if _, ok := s.pods.PodByIP(firstIP(w)); !ok {
+		} else if !s.pods.enrolled(w.UID) {
 			ps.Up, ps.Pending = false, "not enrolled yet"
 		}
 		out = append(out, ps)
 	}
 	return out
-}
-
-func firstIP(w *state.Workload) (ip netip.Addr) {
-	if len(w.IPs) > 0 {
-		return w.IPs[0]
-	}
-	return ip
 }

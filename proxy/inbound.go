@@ -71,28 +71,8 @@ func (in *Inbound) ServeHBONE(ctx context.Context, r *hbone.Inbound) {
 // openHBONE decides on a tunnelled connection and connects to the
 // application from the client's address; nil means refused.
 func (in *Inbound) openHBONE(ctx context.Context, r *hbone.Inbound, rec *flow.Record) (Duplex, error) {
-	// Decide.
-	snap := in.store.Load()
-	rec.Source, _ = snap.WorkloadByIP(r.Remote.Addr())
-	pod, reason := in.destination(snap, r.Authority.Addr(), rec)
-	if reason == flow.ReasonNone {
-		reason = in.authorize(snap, rec, authz.Conn{Identity: r.Peer, SrcIP: r.Remote.Addr(),
-			DstIP: r.Authority.Addr(), DstPort: r.Authority.Port()})
-	}
-	if reason != flow.ReasonNone {
-		rec.Path, rec.Reason = flow.PathDenied, reason
-		return nil, nil
-	}
-
-	// Act.
-	ctx, cancel := context.WithTimeout(ctx, in.cfg.ConnectTimeout)
-	defer cancel()
-	app, err := pod.DialFrom(ctx, r.Remote.Addr(), r.Authority)
-	if err != nil {
-		rec.Reason = flow.ReasonUpstreamConnect
-		return nil, err
-	}
-	return app.(*net.TCPConn), nil
+	return in.admit(ctx, rec, authz.Conn{Identity: r.Peer, SrcIP: r.Remote.Addr(),
+		DstIP: r.Authority.Addr(), DstPort: r.Authority.Port()})
 }
 
 // ServePlain accepts captured plaintext for pod on ln (its 15006 listener)
@@ -120,13 +100,21 @@ func (in *Inbound) openPlain(ctx context.Context, c *net.TCPConn, rec *flow.Reco
 	}
 	rec.Dst, rec.Target = dst, dst
 
+	// Plaintext: no identity, so only policies that do not require one can
+	// allow it (and STRICT denies it).
+	return in.admit(ctx, rec, authz.Conn{SrcIP: rec.Src.Addr(), DstIP: dst.Addr(), DstPort: dst.Port()})
+}
+
+// admit is the inbound decision and action for both paths. Decide: the
+// local pod that serves c's destination, and L4 policy for c. Act: connect
+// to the application from c's source address. It returns nil when the
+// connection is refused, with rec.Reason saying why.
+func (in *Inbound) admit(ctx context.Context, rec *flow.Record, c authz.Conn) (Duplex, error) {
 	snap := in.store.Load()
-	rec.Source, _ = snap.WorkloadByIP(rec.Src.Addr())
-	pod, reason := in.destination(snap, dst.Addr(), rec)
+	rec.Source, _ = snap.WorkloadByIP(c.SrcIP)
+	pod, reason := in.destination(snap, c.DstIP, rec)
 	if reason == flow.ReasonNone {
-		// Plaintext: no identity, so only policies that do not require one
-		// can allow it (and STRICT denies it).
-		reason = in.authorize(snap, rec, authz.Conn{SrcIP: rec.Src.Addr(), DstIP: dst.Addr(), DstPort: dst.Port()})
+		reason = in.authorize(snap, rec, c)
 	}
 	if reason != flow.ReasonNone {
 		rec.Path, rec.Reason = flow.PathDenied, reason
@@ -135,7 +123,7 @@ func (in *Inbound) openPlain(ctx context.Context, c *net.TCPConn, rec *flow.Reco
 
 	ctx, cancel := context.WithTimeout(ctx, in.cfg.ConnectTimeout)
 	defer cancel()
-	app, err := pod.DialFrom(ctx, rec.Src.Addr(), dst)
+	app, err := pod.DialFrom(ctx, c.SrcIP, netip.AddrPortFrom(c.DstIP, c.DstPort))
 	if err != nil {
 		rec.Reason = flow.ReasonUpstreamConnect
 		return nil, err

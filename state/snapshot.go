@@ -171,20 +171,12 @@ func (s *Snapshot) Service(key string) (*Service, bool) {
 
 // Workloads lists all workloads ordered by UID.
 func (s *Snapshot) Workloads() []*Workload {
-	out := make([]*Workload, 0, len(s.workloadIx))
-	for _, uid := range s.workloadIx {
-		out = append(out, s.workloads[uid])
-	}
-	return out
+	return ordered(s.workloadIx, s.workloads)
 }
 
 // Services lists all services ordered by key.
 func (s *Snapshot) Services() []*Service {
-	out := make([]*Service, 0, len(s.serviceIx))
-	for _, k := range s.serviceIx {
-		out = append(out, s.services[k])
-	}
-	return out
+	return ordered(s.serviceIx, s.services)
 }
 
 // Policy finds a policy by its key "<namespace>/<name>".
@@ -195,11 +187,7 @@ func (s *Snapshot) Policy(key string) (*Policy, bool) {
 
 // Policies lists all policies ordered by key.
 func (s *Snapshot) Policies() []*Policy {
-	out := make([]*Policy, 0, len(s.policyIx))
-	for _, k := range s.policyIx {
-		out = append(out, s.policies[k])
-	}
-	return out
+	return ordered(s.policyIx, s.policies)
 }
 
 // GlobalPolicies are the policies that apply to every workload in the mesh.
@@ -270,4 +258,13 @@ func (st *Store) Subscribe(fn func(old, new *Snapshot)) {
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	st.subs = append(st.subs, fn)
+}
+
+// ordered returns m's values in the order of the sorted keys ix.
+func ordered[T any](ix []string, m map[string]T) []T {
+	out := make([]T, 0, len(ix))
+	for _, k := range ix {
+		out = append(out, m[k])
+	}
+	return out
 }

@@ -5,9 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/netip"
 	"os"
@@ -16,7 +14,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/warren-mesh/warren/netns"
 	"github.com/warren-mesh/warren/test/testbed"
 )
 
@@ -214,34 +211,20 @@ func (m *Mesh) AgentPID(node string) int {
 
 // WaitReady polls node's readiness endpoint until it answers 200.
 func (m *Mesh) WaitReady(ctx context.Context, node string, timeout time.Duration) error {
-	n := m.node(node)
-	ns, err := netns.Open(n.NetNS)
-	if err != nil {
-		return err
-	}
-	defer ns.Close()
-	client := &http.Client{Timeout: time.Second, Transport: &http.Transport{
-		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			return ns.Dial(ctx, &net.Dialer{}, network, addr)
-		},
-	}}
-	defer client.CloseIdleConnections()
 	deadline := time.Now().Add(timeout)
 	last := errors.New("no answer")
 	for time.Now().Before(deadline) {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		resp, err := client.Get("http://127.0.0.1:15021/healthz/ready")
-		if err == nil {
-			body, _ := io.ReadAll(resp.Body)
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return nil
-			}
-			last = fmt.Errorf("readiness %d: %s", resp.StatusCode, strings.TrimSpace(string(body)))
-		} else {
+		code, body, err := m.Get(ctx, node, 15021, "/healthz/ready")
+		switch {
+		case err != nil:
 			last = err
+		case code == http.StatusOK:
+			return nil
+		default:
+			last = fmt.Errorf("readiness %d: %s", code, strings.TrimSpace(string(body)))
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
