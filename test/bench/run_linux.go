@@ -501,6 +501,9 @@ func (r *runner) throughput(ctx context.Context, path, where string) error {
 				SumReceived struct {
 					BitsPerSecond float64 `json:"bits_per_second"`
 				} `json:"sum_received"`
+				SumSent struct {
+					BitsPerSecond float64 `json:"bits_per_second"`
+				} `json:"sum_sent"`
 			} `json:"end"`
 		}
 		if jerr := json.Unmarshal(out, &rep); jerr == nil && rep.Error != "" {
@@ -509,10 +512,17 @@ func (r *runner) throughput(ctx context.Context, path, where string) error {
 		if err != nil {
 			return err
 		}
-		if rep.End.SumReceived.BitsPerSecond <= 0 {
+		bps := rep.End.SumReceived.BitsPerSecond
+		if bps <= 0 && r.cfg.IperfBytes != "" {
+			// A byte-count (smoke) transfer can end before the server's
+			// first report, leaving the receiver's sum empty: the sender's
+			// figure is the same bytes.
+			bps = rep.End.SumSent.BitsPerSecond
+		}
+		if bps <= 0 {
 			return fmt.Errorf("iperf3 reported no throughput: %s", lastLines(out))
 		}
-		r.s.add("tput"+strconv.Itoa(streams), path, where, rep.End.SumReceived.BitsPerSecond/1e9)
+		r.s.add("tput"+strconv.Itoa(streams), path, where, bps/1e9)
 	}
 	return nil
 }
