@@ -184,13 +184,16 @@ func parseStaging(gomod []byte) []string {
 }
 
 // writeModule (re)writes a throw-away main module whose only file imports
-// pkg, so that go mod tidy keeps its requirements.
-func writeModule(dir, gomod, pkg string) error {
+// pkgs, so that go mod tidy keeps their requirements.
+func writeModule(dir, gomod string, pkgs ...string) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("creating build module: %w", err)
 	}
 	_ = os.Remove(filepath.Join(dir, "go.sum"))
-	tools := fmt.Sprintf("//go:build tools\n\npackage tools\n\nimport _ %q\n", pkg)
+	tools := "//go:build tools\n\npackage tools\n\n"
+	for _, pkg := range pkgs {
+		tools += fmt.Sprintf("import _ %q\n", pkg)
+	}
 	if err := os.WriteFile(filepath.Join(dir, "go.mod"), []byte(gomod), 0o644); err != nil {
 		return fmt.Errorf("writing build module: %w", err)
 	}

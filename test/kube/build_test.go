@@ -37,3 +37,24 @@ func TestBuild(t *testing.T) {
 		t.Errorf("warm Build took %v, want it instant", d)
 	}
 }
+
+// TestBuildNode builds (or finds) the node binaries the real-cluster tests
+// run; like TestBuild it pre-warms the cache.
+func TestBuildNode(t *testing.T) {
+	if os.Getenv(skipEnv) == "1" {
+		t.Skipf("%s=1: not building the node binaries", skipEnv)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), buildTimeout)
+	defer cancel()
+	start := time.Now()
+	bins, err := BuildNode(ctx, DefaultConfig(), slog.New(slog.NewTextHandler(os.Stderr, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{bins.Kubelet, bins.ControllerManager, bins.Scheduler, bins.Proxy} {
+		if !exists(p) {
+			t.Errorf("%s missing after BuildNode", p)
+		}
+	}
+	t.Logf("binaries %+v in %v", bins, time.Since(start))
+}
