@@ -124,6 +124,11 @@ func (s *Server) Serve(ln net.Listener) error {
 	return nil
 }
 
+// GRPC is the server's gRPC server, so that other services sharing the CA's
+// port and TLS (xDS discovery on :15012, as istiod does) register on it
+// before Serve.
+func (s *Server) GRPC() *grpc.Server { return s.grpc }
+
 // Stop closes the listeners and open connections; requests in flight fail.
 func (s *Server) Stop() { s.grpc.Stop() }
 
