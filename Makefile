@@ -10,8 +10,14 @@ PKGS      := ./...
 # and iproute2 for the tests that list rules, routes and namespaces.
 APT_PKGS  := iptables nftables iproute2
 APT_BINS  := iptables-restore iptables-save nft ip
+# The real-cluster tests (test/cluster) also run containerd, runc and the
+# reference CNI plugins from Debian, as a node would; conntrack is for
+# kube-proxy.
+TEST_APT_PKGS := containerd runc containernetworking-plugins conntrack
+TEST_APT_BINS := containerd runc /usr/lib/cni/bridge conntrack
+HELM_VERSION  := v4.3.1
 
-.PHONY: all build deps test test-unit vet fmt-check demo demo-root bench clean kube-bins
+.PHONY: all build deps test-deps test test-unit vet fmt-check demo demo-root bench clean kube-bins helm images manifests
 
 all: build
 
@@ -26,9 +32,41 @@ deps:
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(APT_PKGS) >/dev/null; \
 	fi
 
+# test-deps adds what only the tests need, the same way.
+test-deps: deps helm
+	@missing=""; for b in $(TEST_APT_BINS); do command -v $$b >/dev/null 2>&1 || test -x $$b || missing=1; done; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" != 0 ]; then echo "make: missing $(TEST_APT_PKGS); run as root to install them" >&2; exit 1; fi; \
+		echo "installing $(TEST_APT_PKGS)"; \
+		DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(TEST_APT_PKGS) >/dev/null; \
+	fi
+
+# helm (v4, from the Go module proxy) lints and renders the chart in the
+# deploy tests and installs it in the real-cluster tests; reinstalled only
+# when bin/helm is missing or another version.
+helm:
+	@if ! $(GO) version -m $(BIN)/helm 2>/dev/null | grep -qE "^\s+mod\s+helm.sh/helm/v4\s+$(HELM_VERSION)(\s|$$)"; then \
+		echo "installing helm $(HELM_VERSION) into $(BIN)"; \
+		GOBIN=$(CURDIR)/$(BIN) $(GO) install helm.sh/helm/v4/cmd/helm@$(HELM_VERSION); \
+	fi
+
 build:
 	@mkdir -p $(BIN)
 	CGO_ENABLED=0 $(GO) build -o $(BIN)/ ./cmd/...
+
+# images writes Warren's container image (static binaries only, no base
+# image) as a docker-archive tarball: load it with `ctr -n k8s.io images
+# import bin/warren-image.tar` or push it with any registry tool.
+IMAGE ?= ghcr.io/warren-mesh/warren:dev
+images:
+	@mkdir -p $(BIN)/static
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags='-s -w' -o $(BIN)/static/ ./cmd/warren-agent ./cmd/warren-controller ./cmd/warren-cni ./cmd/warrenctl
+	$(GO) run ./cmd/warren-image -bin $(BIN)/static -ref $(IMAGE) -o $(BIN)/warren-image.tar
+
+# manifests regenerates deploy/manifests/warren.yaml from the chart.
+manifests: helm
+	$(BIN)/helm template warren deploy/helm/warren --namespace warren-system --include-crds > deploy/manifests/warren.yaml
 
 vet:
 	$(GO) vet $(PKGS)
@@ -41,16 +79,18 @@ fmt-check:
 # integration, and (as root) the network-namespace end-to-end suite, whose
 # agents are race-enabled builds too (the harness fails a test whose agent
 # reported a data race).
-test: deps fmt-check vet kube-bins
+test: test-deps fmt-check vet kube-bins
 	@mkdir -p $(BIN)/race
 	$(GO) build -race -o $(BIN)/race/ ./cmd/...
 	WARREN_BIN=$(CURDIR)/$(BIN)/race $(GO) test -race -count=1 -timeout 25m $(PKGS)
 
 # kube-bins builds (once; cached in ~/.cache/warren) the etcd and
-# kube-apiserver that the CA's Kubernetes integration tests run: 5-13
-# minutes cold on 2 cores, instant afterwards.
+# kube-apiserver that the Kubernetes integration tests run (5-13 minutes
+# cold on 2 cores), then the kubelet, kube-controller-manager,
+# kube-scheduler and kube-proxy of the real-cluster tests (~6 minutes
+# more); instant afterwards.
 kube-bins:
-	$(GO) test ./test/kube -run '^TestBuild$$' -count=1 -timeout 30m
+	$(GO) test ./test/kube -run '^TestBuild(Node)?$$' -count=1 -timeout 40m
 
 test-unit:
 	$(GO) test -count=1 -short $(PKGS)
