@@ -20,6 +20,11 @@ type Config struct {
 	// under 1 KiB; the limit stops a caller from making the server buffer
 	// and parse megabytes before anything is checked.
 	MaxRequestBytes int
+	// MaxMessageBytes is the largest message gRPC accepts on the server's
+	// port at all; 0 means twice MaxRequestBytes. Services sharing the port
+	// need more: an agent re-subscribing to xDS names every resource it
+	// holds in one request.
+	MaxMessageBytes int
 	// DNSNames and IPs go into the server certificate, which clients check
 	// against the name they dialled (for Kubernetes, warren-ca.<ns>.svc).
 	DNSNames []string
@@ -58,6 +63,9 @@ func (c Config) Validate() error {
 	// 4 KiB still fits a CSR with a long SPIFFE ID and its metadata.
 	if c.MaxRequestBytes < 4<<10 {
 		errs = append(errs, fmt.Errorf("max request bytes %d: must be at least 4096", c.MaxRequestBytes))
+	}
+	if c.MaxMessageBytes != 0 && c.MaxMessageBytes < c.MaxRequestBytes {
+		errs = append(errs, fmt.Errorf("max message bytes %d: must be 0 or at least max request bytes (%d)", c.MaxMessageBytes, c.MaxRequestBytes))
 	}
 	if len(c.DNSNames) == 0 && len(c.IPs) == 0 {
 		errs = append(errs, errors.New("server certificate names: need at least one DNS name or IP address"))

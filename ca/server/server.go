@@ -23,6 +23,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
@@ -103,9 +104,18 @@ func New(cfg Config, c *ca.CA, authn Authenticator, authz Authorizer, reg promet
 	// Our own method handler, so that a message over the size limit is
 	// answered and counted like every other refusal.
 	desc.Methods = []grpc.MethodDesc{{MethodName: "CreateCertificate", Handler: s.handle}}
+	maxMsg := cfg.MaxMessageBytes
+	if maxMsg == 0 {
+		maxMsg = 2 * cfg.MaxRequestBytes
+	}
 	s.grpc = grpc.NewServer(
 		grpc.Creds(credentials.NewTLS(tlsCfg)),
-		grpc.MaxRecvMsgSize(2*cfg.MaxRequestBytes),
+		grpc.MaxRecvMsgSize(maxMsg),
+		// Long-lived discovery streams share this server: ping idle
+		// clients so a vanished node is noticed, and let clients ping as
+		// often as every 10s for the same reason.
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 		// A certificate request is one small message; a handful of
 		// concurrent streams per connection is plenty.
 		grpc.MaxConcurrentStreams(100),

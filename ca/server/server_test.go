@@ -429,6 +429,7 @@ func TestConfigValidate(t *testing.T) {
 		{name: "default", mod: func(*Config) {}},
 		{name: "zero ttl", mod: func(c *Config) { c.MaxTTL = 0 }, want: "max TTL"},
 		{name: "tiny limit", mod: func(c *Config) { c.MaxRequestBytes = 100 }, want: "max request bytes"},
+		{name: "message limit under request limit", mod: func(c *Config) { c.MaxMessageBytes = 1000 }, want: "max message bytes"},
 		{name: "no names", mod: func(c *Config) { c.DNSNames = nil }, want: "at least one DNS name"},
 		{name: "short serving ttl", mod: func(c *Config) { c.ServingTTL = time.Second }, want: "serving TTL"},
 	}
