@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"sort"
 	"sync"
 	"time"
@@ -33,7 +34,8 @@ type Agent struct {
 	trustDomain spiffeid.TrustDomain
 
 	store    *state.Store
-	source   *discovery.File
+	source   source
+	kube     *kubeAgent // nil in local (state file) mode
 	ids      *identity.Manager
 	capture  redirect.Redirector
 	pool     *hbone.Pool
@@ -69,7 +71,18 @@ func New(cfg Config, log *slog.Logger, levels *logging.Levels) (_ *Agent, err er
 	if err != nil {
 		return nil, fmt.Errorf("agent config: trust domain %q: %w", cfg.TrustDomain, err)
 	}
-	a := &Agent{cfg: cfg, log: log.With("component", "agent"), trustDomain: td, kick: make(chan struct{}, 1), quit: make(chan struct{})}
+	var kube *kubeAgent
+	if cfg.kubeMode() {
+		if kube, err = newKube(&cfg, log); err != nil {
+			return nil, err
+		}
+		defer func() {
+			if err != nil {
+				os.RemoveAll(kube.rootDir)
+			}
+		}()
+	}
+	a := &Agent{cfg: cfg, log: log.With("component", "agent"), trustDomain: td, kick: make(chan struct{}, 1), quit: make(chan struct{}), kube: kube}
 	a.store = state.NewStore()
 	a.pods = newPodSet(a)
 
@@ -117,10 +130,19 @@ func New(cfg Config, log *slog.Logger, levels *logging.Levels) (_ *Agent, err er
 	a.inbound = proxy.NewInbound(cfg.proxy(), env, a.pods)
 	a.tunnels = hbone.NewServer(cfg.HBONE, a.inbound, log)
 
-	fileCfg := discovery.DefaultFileConfig()
-	fileCfg.Path = cfg.ConfigFile
-	a.source = discovery.NewFile(fileCfg, a.store, log)
-	a.source.Report(func(ok bool) { a.metrics.ConfigUpdate("file", ok) })
+	if kube != nil {
+		if err := kube.build(a, a.registry); err != nil {
+			return nil, err
+		}
+		kube.xds.Report(func(ok bool) { a.metrics.ConfigUpdate("xds", ok) })
+		a.source = kube.xds
+	} else {
+		fileCfg := discovery.DefaultFileConfig()
+		fileCfg.Path = cfg.ConfigFile
+		file := discovery.NewFile(fileCfg, a.store, log)
+		file.Report(func(ok bool) { a.metrics.ConfigUpdate("file", ok) })
+		a.source = file
+	}
 
 	adminCfg := admin.DefaultConfig()
 	adminCfg.AdminAddr, adminCfg.ReadinessAddr, adminCfg.Node, adminCfg.Version = cfg.AdminAddr, cfg.ReadinessAddr, cfg.Node, Version
@@ -139,6 +161,12 @@ func New(cfg Config, log *slog.Logger, levels *logging.Levels) (_ *Agent, err er
 // readiness.
 func (a *Agent) Start(ctx context.Context) error {
 	a.ctx, a.cancel = context.WithCancel(context.WithoutCancel(ctx))
+	if a.kube != nil {
+		// The CA client verifies the controller with these roots.
+		if err := a.kube.startRoots(ctx); err != nil {
+			return err
+		}
+	}
 	if err := a.ids.Start(ctx); err != nil {
 		return fmt.Errorf("starting identity manager: %w", err)
 	}
@@ -159,7 +187,11 @@ func (a *Agent) Start(ctx context.Context) error {
 		default:
 		}
 	})
-	if err := a.source.Start(ctx); err != nil {
+	if a.kube != nil {
+		if err := a.kube.start(ctx); err != nil {
+			return err
+		}
+	} else if err := a.source.Start(ctx); err != nil {
 		return fmt.Errorf("reading state: %w", err)
 	}
 	a.pods.reconcile(ctx, a.store.Load())
@@ -194,10 +226,17 @@ func (a *Agent) reconcileLoop() {
 // DrainTimeout, close pooled tunnels, stop identities and readiness. Errors
 // are logged and the shutdown continues.
 func (a *Agent) Stop(ctx context.Context) error {
-	a.source.Stop()
-	a.cancel()
-	a.wg.Wait()
-	a.pods.releaseAll(ctx)
+	if a.kube != nil {
+		// Releases or detaches the pods itself (uninstall or restart).
+		a.kube.stop(ctx)
+		a.cancel()
+		a.wg.Wait()
+	} else {
+		a.source.Stop()
+		a.cancel()
+		a.wg.Wait()
+		a.pods.releaseAll(ctx)
+	}
 	dctx, cancel := context.WithTimeout(ctx, a.cfg.DrainTimeout)
 	defer cancel()
 	var errs []error
@@ -219,6 +258,15 @@ func (a *Agent) Stop(ctx context.Context) error {
 	}
 	a.log.Info("agent stopped")
 	return errors.Join(errs...)
+}
+
+// source is where the agent's state comes from: the local state file, or
+// the controller over xDS.
+type source interface {
+	Start(ctx context.Context) error
+	Stop()
+	Ready() bool
+	LastError() error
 }
 
 // Quit is closed when an operator asks the agent to exit

@@ -61,10 +61,13 @@ type Config struct {
 	Capture redirect.Config
 	Proxy   proxy.Config
 	HBONE   hbone.Config
+
+	// Kube configures Kubernetes mode, used when ConfigFile is empty.
+	Kube KubeConfig
 }
 
-// DefaultConfig returns Istio-compatible defaults; Node and ConfigFile must
-// still be set.
+// DefaultConfig returns Istio-compatible defaults; Node, and ConfigFile
+// (local mode) or Kube's pod fields (Kubernetes mode) must still be set.
 func DefaultConfig() Config {
 	return Config{
 		TrustDomain:   "cluster.local",
@@ -76,6 +79,7 @@ func DefaultConfig() Config {
 		ClusterID:     "Kubernetes",
 		DrainTimeout:  5 * time.Second,
 		RetryInterval: 2 * time.Second,
+		Kube:          DefaultKubeConfig(),
 		Capture:       redirect.DefaultConfig(),
 		Proxy:         proxy.DefaultConfig(),
 		HBONE:         hbone.DefaultConfig(),
@@ -88,8 +92,14 @@ func (c Config) Validate() error {
 	if c.Node == "" {
 		errs = append(errs, errors.New("node: must be set"))
 	}
-	if c.ConfigFile == "" {
-		errs = append(errs, errors.New("config file: must be set"))
+	if c.kubeMode() {
+		errs = append(errs, c.Kube.validate()...)
+		if c.CADir != "" {
+			errs = append(errs, errors.New("ca dir: Kubernetes mode gets certificates from the controller; set a state file to use a local CA"))
+		}
+		if c.CA.TokenFile == "" {
+			errs = append(errs, errors.New("ca token file: must be set in Kubernetes mode (projected token, audience istio-ca)"))
+		}
 	}
 	if c.Redirect != BackendNFTables && c.Redirect != BackendIPTables {
 		errs = append(errs, fmt.Errorf("redirect: %q is not %q or %q", c.Redirect, BackendNFTables, BackendIPTables))

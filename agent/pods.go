@@ -38,12 +38,19 @@ type podSet struct {
 
 	rmu     sync.Mutex // serializes reconcile and teardown
 	pending map[string]error
+	// changed is closed (and replaced) after every reconcile, waking
+	// waitEnrolled; guarded by mu.
+	changed chan struct{}
+	// reconciled, when set, is told after every reconcile which of the
+	// desired pods are captured now (Kubernetes mode records it on the
+	// pods); it runs with rmu held, so reports arrive in order.
+	reconciled func(captured, released []string)
 }
 
 var _ proxy.PodLookup = (*podSet)(nil)
 
 func newPodSet(a *Agent) *podSet {
-	return &podSet{a: a, byIP: map[netip.Addr]*proxy.Pod{}, running: map[string]*enrolled{}, pending: map[string]error{}}
+	return &podSet{a: a, byIP: map[netip.Addr]*proxy.Pod{}, running: map[string]*enrolled{}, pending: map[string]error{}, changed: make(chan struct{})}
 }
 
 // PodByIP implements proxy.PodLookup.
@@ -93,8 +100,12 @@ func (ps *podSet) reconcile(ctx context.Context, snap *state.Snapshot) {
 		}
 	}
 	ps.mu.RUnlock()
+	var released []string
 	for _, e := range gone {
 		ps.release(ctx, e)
+		if _, still := desired[e.w.UID]; !still {
+			released = append(released, e.w.UID)
+		}
 	}
 
 	ps.pending = map[string]error{}
@@ -108,6 +119,42 @@ func (ps *podSet) reconcile(ctx context.Context, snap *state.Snapshot) {
 		if err := ps.enrol(ctx, desired[uid]); err != nil {
 			ps.pending[uid] = err
 			ps.a.log.Error("enrolling pod", "uid", uid, "netns", desired[uid].NetNS, "error", err)
+		}
+	}
+
+	ps.mu.Lock()
+	var captured []string
+	for _, uid := range sortedKeys(desired) {
+		if _, ok := ps.running[uid]; ok {
+			captured = append(captured, uid)
+		}
+	}
+	close(ps.changed)
+	ps.changed = make(chan struct{})
+	ps.mu.Unlock()
+	if ps.reconciled != nil {
+		ps.reconciled(captured, released)
+	}
+}
+
+// waitEnrolled blocks until the pod with uid is captured or ctx ends; then
+// the error says why it is not (its enrolment error, if it had one).
+func (ps *podSet) waitEnrolled(ctx context.Context, uid string) error {
+	for {
+		ps.mu.RLock()
+		_, ok := ps.running[uid]
+		ch := ps.changed
+		ps.mu.RUnlock()
+		if ok {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			if err, ok := ps.Pending()[uid]; ok {
+				return fmt.Errorf("pod %s not captured: %w", uid, err)
+			}
+			return fmt.Errorf("pod %s not captured: %w", uid, ctx.Err())
 		}
 	}
 }
@@ -236,8 +283,17 @@ func (ps *podSet) undo(_ context.Context, e *enrolled) {
 	}
 }
 
-// releaseAll releases every pod (agent shutdown).
-func (ps *podSet) releaseAll(ctx context.Context) {
+// releaseAll releases every pod (agent shutdown): rules removed, so the pods
+// talk directly again.
+func (ps *podSet) releaseAll(ctx context.Context) { ps.stopAll(ctx, true) }
+
+// detachAll closes every pod's listeners but leaves its capture rules in
+// place (Kubernetes mode, agent restart): until the next agent adopts the
+// pod its traffic is refused rather than sent in plaintext, as with
+// ztunnel.
+func (ps *podSet) detachAll(ctx context.Context) { ps.stopAll(ctx, false) }
+
+func (ps *podSet) stopAll(ctx context.Context, removeRules bool) {
 	ps.rmu.Lock()
 	defer ps.rmu.Unlock()
 	ps.mu.RLock()
@@ -247,7 +303,11 @@ func (ps *podSet) releaseAll(ctx context.Context) {
 	}
 	ps.mu.RUnlock()
 	for _, e := range all {
-		ps.release(ctx, e)
+		if removeRules {
+			ps.release(ctx, e)
+		} else {
+			ps.undo(ctx, e)
+		}
 	}
 }
 

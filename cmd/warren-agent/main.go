@@ -30,7 +30,23 @@ func run() error {
 	if nodeDefault == "" {
 		nodeDefault = host
 	}
-	flag.StringVar(&cfg.ConfigFile, "config", "", "local state file (YAML: workloads, services, policies); watched for changes")
+	flag.StringVar(&cfg.ConfigFile, "config", "", "local state file (YAML: workloads, services, policies); watched for changes. Without it the agent runs in Kubernetes mode")
+	k := &cfg.Kube
+	flag.StringVar(&k.Kubeconfig, "kubeconfig", "", "Kubernetes mode: kubeconfig path (empty: in-cluster)")
+	flag.StringVar(&k.ControllerService, "controller-service", k.ControllerService, `Kubernetes mode: the controller's Service, "name" (in the agent's namespace) or "namespace/name"; dialled at its ClusterIP`)
+	flag.StringVar(&k.XDSAddress, "xds-address", "", "Kubernetes mode: discovery server host:port instead of --controller-service (e.g. istiod.istio-system.svc:15012)")
+	flag.StringVar(&k.XDSServerName, "xds-server-name", "", "Kubernetes mode: name expected in the discovery server's certificate (default: the Service's name.namespace.svc, or the host of --xds-address)")
+	flag.StringVar(&k.CARootConfigMap, "ca-root-configmap", k.CARootConfigMap, "Kubernetes mode: ConfigMap in the agent's namespace whose root-cert.pem holds the mesh roots (empty: use --ca-root-file)")
+	flag.StringVar(&k.EnrollLabel, "enroll-label", k.EnrollLabel, "Kubernetes mode: key=value label that enrols a namespace or pod (key=none on a pod opts it out)")
+	flag.StringVar(&k.CNIConfDir, "cni-conf-dir", k.CNIConfDir, "Kubernetes mode: the node's CNI configuration directory, as mounted in the agent")
+	flag.StringVar(&k.CNIBinDir, "cni-bin-dir", k.CNIBinDir, "Kubernetes mode: the node's CNI plugin directory, as mounted in the agent")
+	flag.StringVar(&k.CNIPlugin, "cni-plugin", k.CNIPlugin, "Kubernetes mode: the warren-cni binary copied into --cni-bin-dir")
+	flag.StringVar(&k.CNISocket, "cni-socket", k.CNISocket, "Kubernetes mode: unix socket warren-cni reaches the agent on")
+	flag.DurationVar(&k.CNITimeout, "cni-timeout", k.CNITimeout, "Kubernetes mode: how long a new pod's sandbox waits to be captured")
+	flag.StringVar(&k.NetNSDir, "netns-dir", k.NetNSDir, "Kubernetes mode: where the node pins pod network namespaces")
+	flag.StringVar(&k.PodName, "pod-name", os.Getenv("POD_NAME"), "Kubernetes mode: the agent's own pod (default $POD_NAME)")
+	flag.StringVar(&k.PodNamespace, "pod-namespace", os.Getenv("POD_NAMESPACE"), "Kubernetes mode: the agent's namespace (default $POD_NAMESPACE)")
+	flag.StringVar(&k.NodeIP, "node-ip", os.Getenv("INSTANCE_IP"), "Kubernetes mode: this node's IP for the xDS node id (default $INSTANCE_IP)")
 	flag.StringVar(&cfg.Node, "node", nodeDefault, "this node's name (default $NODE_NAME, else the hostname)")
 	flag.StringVar(&cfg.CADir, "ca-dir", "", "directory of the local CA: a root (root.pem, root-key.pem; generated if missing) or Istio's plugged-in layout (ca-cert.pem, ca-key.pem, root-cert.pem, cert-chain.pem)")
 	flag.StringVar(&cfg.CA.Address, "ca-address", "", "CA service host:port (Warren's controller or istiod, e.g. istiod.istio-system.svc:15012); replaces --ca-dir")
