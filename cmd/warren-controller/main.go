@@ -1,7 +1,8 @@
-// Command warren-controller is Warren's control plane. For now it serves
-// the CA alone: Istio's certificate API over gRPC and TLS, for agents in
-// Kubernetes (service-account tokens) or on plain hosts (static node
-// credentials).
+// Command warren-controller is Warren's control plane: the mesh CA (Istio's
+// certificate API over gRPC and TLS, for agents in Kubernetes with
+// service-account tokens or on plain hosts with static node credentials)
+// and, in Kubernetes, workload discovery over delta xDS on the same port,
+// built from the cluster's pods, services and policies.
 package main
 
 import (
@@ -19,13 +20,13 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/warren-mesh/warren/ca"
 	"github.com/warren-mesh/warren/ca/kube"
 	"github.com/warren-mesh/warren/ca/server"
+	"github.com/warren-mesh/warren/controller"
 	"github.com/warren-mesh/warren/logging"
 	"github.com/warren-mesh/warren/metrics"
 )
@@ -62,17 +63,34 @@ func run() error {
 	kdef := kube.DefaultConfig()
 	audiences := flag.String("token-audiences", strings.Join(kdef.Audiences, ","), "kubernetes mode: comma-separated audiences a caller's token must carry")
 	nodeAgents := flag.String("node-agents", strings.Join(kdef.NodeAgents, ","), "kubernetes mode: comma-separated namespace/serviceaccount of trusted node agents")
-	metricsAddr := flag.String("metrics-addr", ":15014", "Prometheus metrics address (istiod's monitoring port)")
+	metricsAddr := flag.String("metrics-addr", ":15014", "Prometheus metrics (/metrics) and readiness (/ready) address (istiod's monitoring port)")
 	logFormat := flag.String("log-format", "json", "log format: json or text")
+	logLevel := flag.String("log-level", "info", `log levels: "info", or per component "info,xds:debug"`)
+	ko := kubeOptions{discovery: controller.DefaultConfig()}
+	flag.StringVar(&ko.caSecret, "ca-secret", "", "kubernetes mode: Secret (in the controller's namespace) holding the CA; the leader fills it once with a new root when empty, every replica signs with it (replaces --ca-dir)")
+	flag.StringVar(&ko.caRootConfigMap, "ca-root-configmap", "", "kubernetes mode: ConfigMap (in the controller's namespace) the leader publishes the trust roots to, as root-cert.pem")
+	flag.BoolVar(&ko.leaderElect, "leader-elect", true, "kubernetes mode: elect one replica (Lease) to do what must happen once: fill the CA Secret, publish roots, record events")
+	flag.StringVar(&ko.leaseName, "lease-name", "warren-controller", "kubernetes mode: leader-election Lease name")
+	flag.StringVar(&ko.namespace, "namespace", os.Getenv("POD_NAMESPACE"), "kubernetes mode: the controller's namespace (default $POD_NAMESPACE)")
+	flag.StringVar(&ko.podName, "pod-name", os.Getenv("POD_NAME"), "kubernetes mode: this replica's name, its leader-election identity (default $POD_NAME)")
+	discovery := flag.Bool("discovery", true, "kubernetes mode: serve workload discovery (delta xDS) on the CA's port")
+	flag.StringVar(&ko.discovery.ClusterID, "cluster-id", ko.discovery.ClusterID, "cluster name in workload UIDs and identities' metadata")
+	flag.StringVar(&ko.discovery.RootNamespace, "root-namespace", ko.discovery.RootNamespace, "namespace whose AuthorizationPolicies apply mesh-wide")
+	flag.StringVar(&ko.discovery.DomainSuffix, "domain-suffix", ko.discovery.DomainSuffix, "cluster DNS suffix of service hostnames")
 	flag.Parse()
 	if flag.NArg() > 0 {
 		return fmt.Errorf("unexpected arguments %q", flag.Args())
 	}
-	h, err := logging.NewFormatHandler(*logFormat, os.Stdout, nil)
+	h, err := logging.NewFormatHandler(*logFormat, os.Stdout, &slog.HandlerOptions{Level: slog.LevelDebug})
 	if err != nil {
 		return fmt.Errorf("--log-format: %w", err)
 	}
-	log := slog.New(h)
+	levels := logging.New(h, slog.LevelInfo)
+	if err := levels.Init(*logLevel); err != nil {
+		return fmt.Errorf("--log-level: %w", err)
+	}
+	log := slog.New(levels.Handler())
+	ko.discovery.TrustDomain = caCfg.TrustDomain
 
 	// The CA never signs past the server's cap, whatever a request or its
 	// own default says.
@@ -92,18 +110,21 @@ func run() error {
 		}
 	}
 
-	c, err := ca.New(caCfg, log)
-	if err != nil {
-		return err
-	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+
 	var (
 		authn server.Authenticator
 		authz server.Authorizer
+		cl    *kubeClients
 	)
 	switch *auth {
 	case authStatic:
 		if *nodesFile == "" {
 			return errors.New("--auth=static needs --nodes-file")
+		}
+		if ko.caSecret != "" {
+			return errors.New("--ca-secret needs --auth=kubernetes")
 		}
 		s, err := server.LoadStatic(*nodesFile, spiffeid.RequireTrustDomainFromString(caCfg.TrustDomain))
 		if err != nil {
@@ -111,19 +132,97 @@ func run() error {
 		}
 		authn, authz = s, s
 	case authKubernetes:
-		k, err := kubeAuth(*kubeconfig, caCfg.TrustDomain, splitList(*audiences), splitList(*nodeAgents), log)
+		rc, err := restConfig(*kubeconfig)
+		if err != nil {
+			return err
+		}
+		if cl, err = newKubeClients(rc); err != nil {
+			return err
+		}
+		cfg := kube.DefaultConfig()
+		cfg.TrustDomain, cfg.Audiences, cfg.NodeAgents = caCfg.TrustDomain, splitList(*audiences), splitList(*nodeAgents)
+		k, err := kube.New(cfg, cl.kube, log)
 		if err != nil {
 			return err
 		}
 		authn, authz = k, k
+		if ko.caSecret != "" && ko.namespace == "" {
+			return errors.New("--ca-secret needs --namespace (or $POD_NAMESPACE)")
+		}
+		if err := ko.discovery.Validate(); err != nil && *discovery {
+			return fmt.Errorf("discovery: %w", err)
+		}
 	default:
 		return fmt.Errorf("--auth: %q is not %s or %s", *auth, authKubernetes, authStatic)
 	}
 
+	// Leadership: only the leader fills the CA Secret, publishes the roots
+	// and records events; every replica signs and serves discovery.
+	lead := &leadership{}
+	srvReady := make(chan *server.Server)
+	if cl != nil {
+		lead.onLead = append(lead.onLead, func(ctx context.Context) {
+			if ko.caSecret != "" {
+				if err := controller.EnsureCASecret(ctx, cl.kube, ko.namespace, ko.caSecret, generateRoot(caCfg, log)); err != nil && ctx.Err() == nil {
+					log.Error("filling the CA secret", "secret", ko.namespace+"/"+ko.caSecret, "error", err)
+				}
+			}
+			if ko.caRootConfigMap == "" {
+				return
+			}
+			var srv *server.Server
+			select {
+			case srv = <-srvReady:
+			case <-ctx.Done():
+				return
+			}
+			publishRoots(ctx, cl, srv, ko, log)
+		})
+		go lead.run(ctx, cl, ko, log)
+	}
+
+	var c *ca.CA
+	if ko.caSecret != "" {
+		var cleanup func()
+		if c, cleanup, err = loadCA(ctx, cl, ko, caCfg, log); err != nil {
+			return err
+		}
+		defer cleanup()
+	} else if c, err = ca.New(caCfg, log); err != nil {
+		return err
+	}
+
+	if cl != nil && *discovery {
+		srvCfg.MaxMessageBytes = 64 << 20
+	}
 	reg := metrics.NewRegistry()
 	srv, err := server.New(srvCfg, c, authn, authz, reg, log)
 	if err != nil {
 		return err
+	}
+	go func() {
+		// Hand the server to the leader's root publisher, whenever (if
+		// ever) this replica leads.
+		for {
+			select {
+			case srvReady <- srv:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	var ctrl *controller.Controller
+	if cl != nil && *discovery {
+		if ctrl, err = startDiscovery(ctx, cl, srv, authn, ko, reg, log); err != nil {
+			return err
+		}
+		lead.subscribe(ctrl.SetLeader)
+	}
+	ready := func() error {
+		if ctrl != nil && !ctrl.Synced() {
+			return errors.New("discovery: informers not synced")
+		}
+		return nil
 	}
 	ln, err := net.Listen("tcp", srvCfg.Addr)
 	if err != nil {
@@ -136,13 +235,18 @@ func run() error {
 		}
 		mux := http.NewServeMux()
 		mux.Handle("GET /metrics", metrics.Handler(reg))
+		mux.HandleFunc("GET /ready", func(w http.ResponseWriter, _ *http.Request) {
+			if err := ready(); err != nil {
+				http.Error(w, err.Error(), http.StatusServiceUnavailable)
+				return
+			}
+			fmt.Fprintln(w, "ready")
+		})
 		msrv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 		go msrv.Serve(mln)
 		defer msrv.Close()
 	}
 
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	select {
@@ -172,9 +276,8 @@ func splitList(s string) []string {
 	return out
 }
 
-// kubeAuth builds the TokenReview authenticator and pod-on-node authorizer
-// against the cluster of kubeconfig, or the one the controller runs in.
-func kubeAuth(kubeconfig, trustDomain string, audiences, nodeAgents []string, log *slog.Logger) (*kube.Kube, error) {
+// restConfig is the client configuration of kubeconfig, or in-cluster.
+func restConfig(kubeconfig string) (*rest.Config, error) {
 	var (
 		rc  *rest.Config
 		err error
@@ -187,11 +290,5 @@ func kubeAuth(kubeconfig, trustDomain string, audiences, nodeAgents []string, lo
 	if err != nil {
 		return nil, fmt.Errorf("kubernetes client config: %w", err)
 	}
-	cs, err := kubernetes.NewForConfig(rc)
-	if err != nil {
-		return nil, fmt.Errorf("kubernetes client: %w", err)
-	}
-	cfg := kube.DefaultConfig()
-	cfg.TrustDomain, cfg.Audiences, cfg.NodeAgents = trustDomain, audiences, nodeAgents
-	return kube.New(cfg, cs, log)
+	return rc, nil
 }
