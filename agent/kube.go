@@ -236,30 +236,27 @@ func (k *kubeAgent) build(a *Agent, reg prometheus.Registerer) error {
 	if err != nil {
 		return fmt.Errorf("xds metadata: %w", err)
 	}
-	xcfg := discovery.XDSConfig{
-		Client: xds.ClientConfig{
-			Address: k.cfg.XDSAddress,
-			// ztunnel's node id form, which istiod expects.
-			NodeID:   fmt.Sprintf("ztunnel~%s~%s.%s~%s.svc.cluster.local", k.cfg.NodeIP, k.cfg.PodName, k.cfg.PodNamespace, k.cfg.PodNamespace),
-			Metadata: meta,
-			TypeURLs: []string{xds.TypeAddress, xds.TypeAuthorization},
-			Dial: []grpc.DialOption{
-				grpc.WithTransportCredentials(credentials.NewTLS(client.FileRootsTLS(k.rootFile, k.cfg.XDSServerName))),
-				// A dead controller connection is noticed within ~40s
-				// rather than by TCP's own timers; the server permits
-				// pings every 10s.
-				grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
-			},
-			Token: func(context.Context) (string, error) {
-				b, err := os.ReadFile(tokenFile)
-				if err != nil {
-					return "", fmt.Errorf("reading token: %w", err)
-				}
-				return strings.TrimSpace(string(b)), nil
-			},
-		},
-		ClusterID:   cfg.ClusterID,
-		TrustDomain: cfg.TrustDomain,
+	xcfg := discovery.DefaultXDSConfig()
+	xcfg.ClusterID, xcfg.TrustDomain = cfg.ClusterID, cfg.TrustDomain
+	xcfg.Client = xds.DefaultClientConfig()
+	xc := &xcfg.Client
+	xc.Address = k.cfg.XDSAddress
+	// ztunnel's node id form, which istiod expects.
+	xc.NodeID = fmt.Sprintf("ztunnel~%s~%s.%s~%s.svc.cluster.local", k.cfg.NodeIP, k.cfg.PodName, k.cfg.PodNamespace, k.cfg.PodNamespace)
+	xc.Metadata = meta
+	xc.TypeURLs = []string{xds.TypeAddress, xds.TypeAuthorization}
+	xc.Dial = append(xc.Dial,
+		grpc.WithTransportCredentials(credentials.NewTLS(client.FileRootsTLS(k.rootFile, k.cfg.XDSServerName))),
+		// A dead controller connection is noticed within ~40s rather than
+		// by TCP's own timers; the server permits pings every 10s.
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
+	)
+	xc.Token = func(context.Context) (string, error) {
+		b, err := os.ReadFile(tokenFile)
+		if err != nil {
+			return "", fmt.Errorf("reading token: %w", err)
+		}
+		return strings.TrimSpace(string(b)), nil
 	}
 	if k.xds, err = discovery.NewXDS(xcfg, a.store, reg, a.log); err != nil {
 		return err

@@ -687,6 +687,12 @@ func checkController(t *testing.T, c renderCase, objs []object) {
 	if d := cmp.Diff(wantPorts, ctr.Ports); d != "" {
 		t.Errorf("controller ports (-want +got):\n%s", d)
 	}
+	// The CA's key files need a writable, memory-backed /tmp under the
+	// read-only root filesystem.
+	if len(pod.Volumes) != 1 || pod.Volumes[0].EmptyDir == nil || pod.Volumes[0].EmptyDir.Medium != corev1.StorageMediumMemory ||
+		len(ctr.VolumeMounts) != 1 || ctr.VolumeMounts[0].MountPath != "/tmp" || ctr.VolumeMounts[0].Name != pod.Volumes[0].Name {
+		t.Errorf("controller volumes %+v mounts %+v, want one memory emptyDir at /tmp", pod.Volumes, ctr.VolumeMounts)
+	}
 	if p := ctr.ReadinessProbe; p == nil || p.HTTPGet == nil || p.HTTPGet.Path != "/ready" || p.HTTPGet.Port != intstr.FromString("http-monitoring") {
 		t.Errorf("controller readinessProbe %+v, want GET /ready on http-monitoring (15014)", p)
 	}

@@ -163,8 +163,19 @@ func run() error {
 	if cl != nil {
 		lead.onLead = append(lead.onLead, func(ctx context.Context) {
 			if ko.caSecret != "" {
-				if err := controller.EnsureCASecret(ctx, cl.kube, ko.namespace, ko.caSecret, generateRoot(caCfg, log)); err != nil && ctx.Err() == nil {
-					log.Error("filling the CA secret", "secret", ko.namespace+"/"+ko.caSecret, "error", err)
+				// Every replica waits for this Secret, so keep trying
+				// while leading.
+				for {
+					err := controller.EnsureCASecret(ctx, cl.kube, ko.namespace, ko.caSecret, generateRoot(caCfg, log))
+					if err == nil || ctx.Err() != nil {
+						break
+					}
+					log.Error("filling the CA secret; retrying", "secret", ko.namespace+"/"+ko.caSecret, "error", err)
+					select {
+					case <-ctx.Done():
+						return
+					case <-time.After(5 * time.Second):
+					}
 				}
 			}
 			if ko.caRootConfigMap == "" {
