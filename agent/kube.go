@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -19,10 +20,12 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/protobuf/types/known/structpb"
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
@@ -126,6 +129,10 @@ type kubeAgent struct {
 	cniCfg   install.Config
 	rootFile string
 	rootDir  string
+
+	// dsGone is set when the agent's DaemonSet is seen deleted: an
+	// uninstall, whatever the API says by the time the agent stops.
+	dsGone atomic.Bool
 
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -241,6 +248,9 @@ func (k *kubeAgent) build(a *Agent, reg prometheus.Registerer) error {
 	xcfg.Client = xds.DefaultClientConfig()
 	xc := &xcfg.Client
 	xc.Address = k.cfg.XDSAddress
+	// A controller restart (rollout, node drain) is routine: retry often
+	// enough that agents catch up within seconds of its return.
+	xc.MaxBackoff = 5 * time.Second
 	// ztunnel's node id form, which istiod expects.
 	xc.NodeID = fmt.Sprintf("ztunnel~%s~%s.%s~%s.svc.cluster.local", k.cfg.NodeIP, k.cfg.PodName, k.cfg.PodNamespace, k.cfg.PodNamespace)
 	xc.Metadata = meta
@@ -360,7 +370,11 @@ func (k *kubeAgent) start(ctx context.Context) error {
 	} else if changed {
 		k.log.Info("warren-cni chained into the node's CNI configuration", "dir", k.cniCfg.ConfDir)
 	}
-	k.wg.Add(2)
+	k.wg.Add(3)
+	go func() {
+		defer k.wg.Done()
+		k.watchDaemonSet(rctx)
+	}()
 	go func() {
 		defer k.wg.Done()
 		if err := install.Watch(rctx, k.cniCfg, k.log); err != nil && rctx.Err() == nil {
@@ -435,6 +449,9 @@ func (k *kubeAgent) stop(ctx context.Context) {
 // deleted. When that cannot be told (no owner, API unreachable), it answers
 // false: keeping pods captured is the safe side.
 func (k *kubeAgent) uninstalling(ctx context.Context) bool {
+	if k.dsGone.Load() {
+		return true
+	}
 	if k.cfg.PodName == "" {
 		return false
 	}
@@ -461,6 +478,66 @@ func (k *kubeAgent) uninstalling(ctx context.Context) bool {
 		}
 	}
 	return false
+}
+
+// ownDaemonSet is the DaemonSet that owns the agent's pod.
+func (k *kubeAgent) ownDaemonSet(ctx context.Context) (name string, uid types.UID, err error) {
+	pod, err := k.client.CoreV1().Pods(k.cfg.PodNamespace).Get(ctx, k.cfg.PodName, metav1.GetOptions{})
+	if err != nil {
+		return "", "", err
+	}
+	for _, o := range pod.OwnerReferences {
+		if o.Kind == "DaemonSet" {
+			return o.Name, o.UID, nil
+		}
+	}
+	return "", "", nil
+}
+
+// watchDaemonSet records the deletion of the agent's DaemonSet as it
+// happens: helm uninstall deletes the RBAC that would let the agent read it
+// right after, long before the agent's pod is stopped.
+func (k *kubeAgent) watchDaemonSet(ctx context.Context) {
+	if k.cfg.PodName == "" {
+		return
+	}
+	var (
+		name string
+		uid  types.UID
+		err  error
+	)
+	for {
+		if name, uid, err = k.ownDaemonSet(ctx); err == nil {
+			break
+		}
+		k.log.Warn("finding the agent's DaemonSet; retrying", "error", err)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(5 * time.Second):
+		}
+	}
+	if name == "" {
+		k.log.Info("agent pod has no DaemonSet owner; capture is kept when it stops")
+		return
+	}
+	lw := cache.NewListWatchFromClient(k.client.AppsV1().RESTClient(), "daemonsets", k.cfg.PodNamespace,
+		fields.OneTermEqualSelector("metadata.name", name))
+	inf := cache.NewSharedInformer(lw, &appsv1.DaemonSet{}, 0)
+	gone := func(why string) {
+		if !k.dsGone.Swap(true) {
+			k.log.Info("agent DaemonSet deleted: pods will be released when the agent stops", "daemonset", name, "seen", why)
+		}
+	}
+	_, _ = inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		UpdateFunc: func(_, obj any) {
+			if ds, ok := obj.(*appsv1.DaemonSet); ok && (ds.DeletionTimestamp != nil || ds.UID != uid) {
+				gone("deletion started")
+			}
+		},
+		DeleteFunc: func(any) { gone("deleted") },
+	})
+	inf.Run(ctx.Done())
 }
 
 // waitRoots writes the ConfigMap's root-cert.pem to the root file, waiting

@@ -928,7 +928,7 @@ func TestLeastPrivilege(t *testing.T) {
 		"Role warren-system/warren-agent": {
 			{APIGroups: []string{core}, Resources: []string{"configmaps"}, ResourceNames: []string{"warren-ca-root"}, Verbs: []string{"get", "list", "watch"}},
 			{APIGroups: []string{core}, Resources: []string{"services"}, ResourceNames: []string{"warren-controller"}, Verbs: []string{"get"}},
-			{APIGroups: []string{apps}, Resources: []string{"daemonsets"}, ResourceNames: []string{"warren-agent"}, Verbs: []string{"get"}},
+			{APIGroups: []string{apps}, Resources: []string{"daemonsets"}, ResourceNames: []string{"warren-agent"}, Verbs: []string{"get", "list", "watch"}},
 		},
 		"ClusterRole warren-controller": {
 			{APIGroups: []string{core}, Resources: []string{"pods", "services", "namespaces"}, Verbs: []string{"get", "list", "watch"}},
@@ -1486,6 +1486,7 @@ func checkRBAC(t *testing.T, c *kube.Cluster) {
 		{sa: agent, verb: "get", resource: "services", namespace: ns, name: "other"},
 		{sa: agent, verb: "list", resource: "services", namespace: ns},
 		{sa: agent, verb: "get", group: "apps", resource: "daemonsets", namespace: ns, name: "warren-agent", allowed: true},
+		{sa: agent, verb: "watch", group: "apps", resource: "daemonsets", namespace: ns, name: "warren-agent", allowed: true},
 		{sa: agent, verb: "patch", group: "apps", resource: "daemonsets", namespace: ns, name: "warren-agent"},
 		{sa: agent, verb: "get", group: "apps", resource: "daemonsets", namespace: "kube-system", name: "warren-agent"},
 		{sa: agent, verb: "get", resource: "nodes", name: "node-a"},

@@ -33,6 +33,43 @@ func (tb *Testbed) Capture(ctx context.Context, node *Node) (stop func() ([]byte
 // ctx is done, or when the testbed closes; stop still returns what was
 // recorded.
 func (tb *Testbed) CaptureLink(ctx context.Context, nsPath, link string) (stop func() ([]byte, error), err error) {
+	c, err := openCapture(nsPath, link)
+	if err != nil {
+		return nil, err
+	}
+	untrack, err := tb.track(c.end)
+	if err != nil {
+		unix.Close(c.fd) // the reader has not started
+		return nil, fmt.Errorf("capturing on %s: %w", link, err)
+	}
+	return c.start(ctx, untrack), nil
+}
+
+// CaptureIn captures on link in the network namespace at nsPath, outside
+// any testbed (for example a real cluster's node link); the capture ends at
+// stop or when ctx is done.
+func CaptureIn(ctx context.Context, nsPath, link string) (stop func() ([]byte, error), err error) {
+	c, err := openCapture(nsPath, link)
+	if err != nil {
+		return nil, err
+	}
+	return c.start(ctx, func() {}), nil
+}
+
+// start reads frames until stop (or ctx); untrack runs at stop.
+func (c *capture) start(ctx context.Context, untrack func()) func() ([]byte, error) {
+	stopOnCtx := context.AfterFunc(ctx, c.end)
+	go c.run()
+	return func() ([]byte, error) {
+		stopOnCtx()
+		untrack()
+		c.end()
+		return c.out.Bytes(), c.err
+	}
+}
+
+// openCapture opens and binds the packet socket.
+func openCapture(nsPath, link string) (*capture, error) {
 	ns, err := netns.Open(nsPath)
 	if err != nil {
 		return nil, fmt.Errorf("capturing on %s: %w", link, err)
@@ -68,19 +105,7 @@ func (tb *Testbed) CaptureLink(ctx context.Context, nsPath, link string) (stop f
 	}
 	c := &capture{fd: fd, done: make(chan struct{})}
 	c.out.Write(pcapHeader())
-	untrack, err := tb.track(c.end)
-	if err != nil {
-		unix.Close(fd)
-		return nil, fmt.Errorf("capturing on %s: %w", link, err)
-	}
-	stopOnCtx := context.AfterFunc(ctx, c.end)
-	go c.run()
-	return func() ([]byte, error) {
-		stopOnCtx()
-		untrack()
-		c.end()
-		return c.out.Bytes(), c.err
-	}, nil
+	return c, nil
 }
 
 // captureBuf is the packet socket's receive buffer.
