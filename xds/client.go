@@ -227,7 +227,10 @@ func (c *Client) Run(ctx context.Context) error {
 				Jitter:     backoff.DefaultConfig.Jitter,
 				MaxDelay:   c.cfg.MaxBackoff,
 			},
-			MinConnectTimeout: 20 * time.Second, // gRPC's default
+			// Not gRPC's 20s default: while a controller pod goes away its
+			// Service may still route to it for a moment, and a SYN into
+			// a deleted pod is never answered; 5s bounds that wait.
+			MinConnectTimeout: 5 * time.Second,
 		}),
 	}, c.cfg.Dial...)
 	conn, err := grpc.NewClient(c.cfg.Address, opts...)
