@@ -1,97 +1,16 @@
 package cluster
 
 import (
-	"errors"
 	"fmt"
-	"io/fs"
 	"net"
 	"os"
-	"runtime"
+	"path/filepath"
 
 	"github.com/vishvananda/netlink"
-	"golang.org/x/sys/unix"
 
 	"github.com/warren-mesh/warren/netns"
+	"github.com/warren-mesh/warren/test/testbed"
 )
-
-// prepareNetnsDir makes netnsDir a mount point with shared propagation, as
-// `ip netns add` does, so that a namespace removed here also disappears
-// from mount namespaces copied later (the nodes' among them), which then
-// cannot keep it alive. The flock serialises this with other test packages
-// doing the same (test/testbed), which could otherwise both stack a bind
-// mount on the directory.
-func prepareNetnsDir() error {
-	if err := os.MkdirAll(netnsDir, 0o755); err != nil {
-		return fmt.Errorf("creating %s: %w", netnsDir, err)
-	}
-	d, err := os.Open(netnsDir)
-	if err != nil {
-		return fmt.Errorf("opening %s: %w", netnsDir, err)
-	}
-	defer d.Close()
-	if err := unix.Flock(int(d.Fd()), unix.LOCK_EX); err != nil {
-		return fmt.Errorf("locking %s: %w", netnsDir, err)
-	}
-	defer unix.Flock(int(d.Fd()), unix.LOCK_UN)
-	for bound := false; ; bound = true {
-		err := unix.Mount("", netnsDir, "none", unix.MS_SHARED|unix.MS_REC, "")
-		if err == nil {
-			return nil
-		}
-		// EINVAL: not a mount point yet. Bind it onto itself once and retry.
-		if !errors.Is(err, unix.EINVAL) || bound {
-			return fmt.Errorf("making %s a shared mount: %w", netnsDir, err)
-		}
-		if err := unix.Mount(netnsDir, netnsDir, "none", unix.MS_BIND|unix.MS_REC, ""); err != nil {
-			return fmt.Errorf("bind-mounting %s onto itself: %w", netnsDir, err)
-		}
-	}
-}
-
-// createNetns creates a network namespace pinned at path. It fails with
-// fs.ErrExist when the name is taken, so a cluster never adopts (and later
-// deletes) a namespace it did not create.
-func createNetns(path string) error {
-	f, err := os.OpenFile(path, os.O_RDONLY|os.O_CREATE|os.O_EXCL, 0o444)
-	if err != nil {
-		return fmt.Errorf("creating netns file: %w", err)
-	}
-	f.Close()
-	errc := make(chan error, 1)
-	go func() {
-		// Never unlocked: after unshare this thread is in the new
-		// namespace, and the runtime ends a locked thread when its
-		// goroutine returns.
-		runtime.LockOSThread()
-		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
-			errc <- fmt.Errorf("unsharing netns: %w", err)
-			return
-		}
-		if err := unix.Mount("/proc/thread-self/ns/net", path, "none", unix.MS_BIND, ""); err != nil {
-			errc <- fmt.Errorf("pinning netns at %s: %w", path, err)
-			return
-		}
-		errc <- nil
-	}()
-	if err := <-errc; err != nil {
-		os.Remove(path)
-		return err
-	}
-	return nil
-}
-
-// removeNetns unpins the namespace at path and removes the file; the kernel
-// frees it, with every interface and iptables rule inside, once no process
-// is left in it. A missing namespace is not an error.
-func removeNetns(path string) error {
-	if err := unix.Unmount(path, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
-		return fmt.Errorf("unmounting netns %s: %w", path, err)
-	}
-	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("removing netns file %s: %w", path, err)
-	}
-	return nil
-}
 
 // wireNodes connects the node namespaces: a veth between them (or, for one
 // node, a veth with both ends in it, so its address sits on an up link),
@@ -169,4 +88,15 @@ func configureNode(n node, nodes []node) error {
 		return fmt.Errorf("enabling forwarding: %w", err)
 	}
 	return nil
+}
+
+// createNetns creates the network namespace pinned at path, which must be
+// in testbed.NetnsDir (the node namespaces are named there, so `ip netns`
+// lists them).
+func createNetns(path string) error {
+	if filepath.Dir(path) != testbed.NetnsDir {
+		return fmt.Errorf("netns %s: not in %s", path, testbed.NetnsDir)
+	}
+	_, err := testbed.CreateNamedNS(filepath.Base(path))
+	return err
 }

@@ -18,6 +18,7 @@ import (
 
 	"github.com/warren-mesh/warren/netns"
 	"github.com/warren-mesh/warren/test/kube"
+	"github.com/warren-mesh/warren/test/testbed"
 )
 
 // startTimeout bounds Start once the binaries are built: ~10-15 s on two
@@ -281,7 +282,7 @@ func copyFile(src, dst string) error {
 }
 
 func (c *Cluster) makeNetwork(context.Context) error {
-	if err := prepareNetnsDir(); err != nil {
+	if err := testbed.PrepareNetnsDir(); err != nil {
 		return err
 	}
 	for _, n := range c.nodes {

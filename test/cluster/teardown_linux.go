@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/warren-mesh/warren/test/testbed"
 	"golang.org/x/sys/unix"
 )
 
@@ -28,7 +29,7 @@ func teardown(r *record) error {
 	errs = append(errs, killUntilGone("pods", func() []int { return cgroupPIDs(r.Cgroups) }))
 	errs = append(errs, killUntilGone("node processes", func() []int { return mountNSPIDs(r.MountNS, r.Dir) }))
 	for _, p := range r.Netns {
-		errs = append(errs, removeNetns(p))
+		errs = append(errs, testbed.RemoveNamedNS(p))
 	}
 	errs = append(errs, removeCgroups(r.Cgroups))
 	if r.Dir != "" {

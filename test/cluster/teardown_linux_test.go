@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"syscall"
 	"testing"
+
+	"github.com/warren-mesh/warren/test/testbed"
 )
 
 // TestSweep leaves behind what a test process killed mid-run would (a
@@ -69,7 +71,7 @@ func leaveBehind(t *testing.T, root, prefix string, pid int, start uint64) recor
 	// Removes whatever sweep did not (all of the live run).
 	t.Cleanup(func() { teardown(&r) })
 	ns := filepath.Join(netnsDir, prefix+"-n1")
-	if err := prepareNetnsDir(); err != nil {
+	if err := testbed.PrepareNetnsDir(); err != nil {
 		t.Fatal(err)
 	}
 	if err := createNetns(ns); err != nil {

@@ -12,48 +12,48 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// netnsDir is where iproute2 keeps named namespaces; using it makes every
+// NetnsDir is where iproute2 keeps named namespaces; using it makes every
 // testbed namespace visible to `ip netns` and `ip -n`.
-const netnsDir = "/run/netns"
+const NetnsDir = "/run/netns"
 
-// prepareNetnsDir makes netnsDir a mount point with shared propagation, as
+// PrepareNetnsDir makes NetnsDir a mount point with shared propagation, as
 // `ip netns add` does: a namespace removed here then also disappears from
 // mount namespaces copied later (for example by `ip netns exec`), so they
 // cannot keep it alive. An flock serialises this with other testbeds, which
 // could otherwise both stack a bind mount on the directory.
-func prepareNetnsDir() error {
-	if err := os.MkdirAll(netnsDir, 0o755); err != nil {
-		return fmt.Errorf("creating %s: %w", netnsDir, err)
+func PrepareNetnsDir() error {
+	if err := os.MkdirAll(NetnsDir, 0o755); err != nil {
+		return fmt.Errorf("creating %s: %w", NetnsDir, err)
 	}
-	d, err := os.Open(netnsDir)
+	d, err := os.Open(NetnsDir)
 	if err != nil {
-		return fmt.Errorf("opening %s: %w", netnsDir, err)
+		return fmt.Errorf("opening %s: %w", NetnsDir, err)
 	}
 	defer d.Close()
 	if err := unix.Flock(int(d.Fd()), unix.LOCK_EX); err != nil {
-		return fmt.Errorf("locking %s: %w", netnsDir, err)
+		return fmt.Errorf("locking %s: %w", NetnsDir, err)
 	}
 	defer unix.Flock(int(d.Fd()), unix.LOCK_UN)
 	for bound := false; ; bound = true {
-		err := unix.Mount("", netnsDir, "none", unix.MS_SHARED|unix.MS_REC, "")
+		err := unix.Mount("", NetnsDir, "none", unix.MS_SHARED|unix.MS_REC, "")
 		if err == nil {
 			return nil
 		}
 		// EINVAL: not a mount point yet. Bind it onto itself once and retry.
 		if !errors.Is(err, unix.EINVAL) || bound {
-			return fmt.Errorf("making %s a shared mount: %w", netnsDir, err)
+			return fmt.Errorf("making %s a shared mount: %w", NetnsDir, err)
 		}
-		if err := unix.Mount(netnsDir, netnsDir, "none", unix.MS_BIND|unix.MS_REC, ""); err != nil {
-			return fmt.Errorf("bind-mounting %s onto itself: %w", netnsDir, err)
+		if err := unix.Mount(NetnsDir, NetnsDir, "none", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+			return fmt.Errorf("bind-mounting %s onto itself: %w", NetnsDir, err)
 		}
 	}
 }
 
-// createNamedNS creates a new network namespace and pins it at
-// netnsDir/name. It fails with fs.ErrExist when the name is taken, so a
+// CreateNamedNS creates a new network namespace and pins it at
+// NetnsDir/name. It fails with fs.ErrExist when the name is taken, so a
 // testbed never adopts (and later deletes) a namespace it did not create.
-func createNamedNS(name string) (string, error) {
-	path := filepath.Join(netnsDir, name)
+func CreateNamedNS(name string) (string, error) {
+	path := filepath.Join(NetnsDir, name)
 	f, err := os.OpenFile(path, os.O_RDONLY|os.O_CREATE|os.O_EXCL, 0o444)
 	if err != nil {
 		return "", fmt.Errorf("creating netns file: %w", err)
@@ -81,11 +81,11 @@ func createNamedNS(name string) (string, error) {
 	return path, nil
 }
 
-// removeNamedNS unpins the namespace at path and removes the file. The kernel
+// RemoveNamedNS unpins the namespace at path and removes the file. The kernel
 // frees the namespace, and every interface in it, once nothing else (a
 // process, a socket, an open handle) refers to it. Removing a missing
 // namespace is not an error.
-func removeNamedNS(path string) error {
+func RemoveNamedNS(path string) error {
 	if err := unix.Unmount(path, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
 		return fmt.Errorf("unmounting netns %s: %w", path, err)
 	}
@@ -102,17 +102,17 @@ func CleanupPrefix(prefix string) error {
 	if !prefixRE.MatchString(prefix) {
 		return fmt.Errorf("cleaning up prefix %q: want lowercase letters and digits, starting with a letter", prefix)
 	}
-	entries, err := os.ReadDir(netnsDir)
+	entries, err := os.ReadDir(NetnsDir)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil
 	}
 	if err != nil {
-		return fmt.Errorf("listing %s: %w", netnsDir, err)
+		return fmt.Errorf("listing %s: %w", NetnsDir, err)
 	}
 	var errs []error
 	for _, e := range entries {
 		if strings.HasPrefix(e.Name(), prefix+"-") {
-			errs = append(errs, removeNamedNS(filepath.Join(netnsDir, e.Name())))
+			errs = append(errs, RemoveNamedNS(filepath.Join(NetnsDir, e.Name())))
 		}
 	}
 	return errors.Join(errs...)

@@ -148,7 +148,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Testbed, err err
 
 // newSpace creates and records one namespace.
 func (tb *Testbed) newSpace(name string) (*space, error) {
-	path, err := createNamedNS(name)
+	path, err := CreateNamedNS(name)
 	if err != nil {
 		return nil, fmt.Errorf("creating netns %s: %w", name, err)
 	}
@@ -164,7 +164,7 @@ func (tb *Testbed) newSpace(name string) (*space, error) {
 }
 
 func (tb *Testbed) createNamespaces(context.Context) error {
-	if err := prepareNetnsDir(); err != nil {
+	if err := PrepareNetnsDir(); err != nil {
 		return err
 	}
 	c := tb.cfg
@@ -585,7 +585,7 @@ func (tb *Testbed) Close() error {
 		if s.ns != nil {
 			s.ns.Close()
 		}
-		errs = append(errs, removeNamedNS(s.path))
+		errs = append(errs, RemoveNamedNS(s.path))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("closing testbed %s: %w", tb.cfg.Prefix, err)

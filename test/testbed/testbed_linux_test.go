@@ -87,9 +87,9 @@ func newTestbed(t *testing.T, cfg Config) *Testbed {
 func leftovers(t *testing.T, prefix string) []string {
 	t.Helper()
 	var left []string
-	entries, err := os.ReadDir(netnsDir)
+	entries, err := os.ReadDir(NetnsDir)
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		t.Fatalf("listing %s: %v", netnsDir, err)
+		t.Fatalf("listing %s: %v", NetnsDir, err)
 	}
 	for _, e := range entries {
 		if strings.HasPrefix(e.Name(), prefix) {
@@ -558,7 +558,7 @@ func TestNewFailureLeavesNothing(t *testing.T) {
 	t.Run("name collision", func(t *testing.T) {
 		cfg := testConfig(nil)
 		t.Cleanup(func() { CleanupPrefix(cfg.Prefix) })
-		taken, err := createNamedNS(cfg.nsName(podName(2, 1)))
+		taken, err := CreateNamedNS(cfg.nsName(podName(2, 1)))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -653,20 +653,20 @@ func TestNotRoot(t *testing.T) {
 func TestCleanupPrefix(t *testing.T) {
 	skipUnlessRoot(t)
 	cfg := testConfig(nil)
-	if err := prepareNetnsDir(); err != nil {
+	if err := PrepareNetnsDir(); err != nil {
 		t.Fatal(err)
 	}
 	for _, name := range []string{"node1", "n1p1"} {
-		if _, err := createNamedNS(cfg.nsName(name)); err != nil {
+		if _, err := CreateNamedNS(cfg.nsName(name)); err != nil {
 			t.Fatal(err)
 		}
 	}
 	// A longer prefix sharing the start must survive.
-	other, err := createNamedNS(cfg.Prefix + "x-node1")
+	other, err := CreateNamedNS(cfg.Prefix + "x-node1")
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { removeNamedNS(other) })
+	t.Cleanup(func() { RemoveNamedNS(other) })
 	if err := CleanupPrefix(cfg.Prefix); err != nil {
 		t.Fatalf("CleanupPrefix() = %v", err)
 	}
