@@ -36,6 +36,7 @@ import (
 	"github.com/warren-mesh/warren/cni/install"
 	"github.com/warren-mesh/warren/discovery"
 	"github.com/warren-mesh/warren/enroll"
+	"github.com/warren-mesh/warren/redirect"
 	"github.com/warren-mesh/warren/xds"
 )
 
@@ -125,6 +126,7 @@ type kubeAgent struct {
 
 	xds      *discovery.XDS
 	watcher  *enroll.Watcher
+	probes   *redirect.HostProbes // kubelet probes to captured pods, SNATed on the host
 	cniSrv   *cni.Server
 	cniCfg   install.Config
 	rootFile string
@@ -283,6 +285,11 @@ func (k *kubeAgent) build(a *Agent, reg prometheus.Registerer) error {
 		AgentSocket:  k.cfg.CNISocket,
 		LogFile:      filepath.Join(filepath.Dir(k.cfg.CNISocket), "cni.log"),
 	}
+	// The agent runs in the node's network namespace (hostNetwork), where
+	// the kubelet's probes start.
+	if k.probes, err = redirect.NewHostProbes(cfg.Capture, a.log); err != nil {
+		return err
+	}
 	a.pods.reconciled = k.reconciled
 	return nil
 }
@@ -302,6 +309,11 @@ func (k *kubeAgent) setLocal(pods []enroll.Pod) {
 func (k *kubeAgent) reconciled(captured, released []string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
+	// Probes first: a pod just captured must keep passing its readiness
+	// probe whatever its policy says, as in Istio.
+	if err := k.probes.Apply(ctx, k.a.pods.capturedIPs()); err != nil {
+		k.log.Error("updating the host's probe SNAT", "error", err)
+	}
 	for _, uid := range captured {
 		if err := k.watcher.SetRedirection(ctx, uid, true); err != nil {
 			k.log.Warn("recording capture on pod", "uid", uid, "error", err)
@@ -423,6 +435,9 @@ func (k *kubeAgent) stop(ctx context.Context) {
 		k.log.Info("agent DaemonSet is gone: releasing every pod and unchaining warren-cni")
 		if err := install.Uninstall(k.cniCfg); err != nil {
 			k.log.Error("unchaining warren-cni", "error", err)
+		}
+		if err := k.probes.Remove(ctx); err != nil {
+			k.log.Error("removing the host's probe SNAT", "error", err)
 		}
 		var uids []string
 		for _, w := range k.a.store.Load().LocalWorkloads(k.a.cfg.Node) {

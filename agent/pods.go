@@ -137,6 +137,18 @@ func (ps *podSet) reconcile(ctx context.Context, snap *state.Snapshot) {
 	}
 }
 
+// capturedIPs lists the addresses of every captured pod.
+func (ps *podSet) capturedIPs() []netip.Addr {
+	ps.mu.RLock()
+	defer ps.mu.RUnlock()
+	ips := make([]netip.Addr, 0, len(ps.byIP))
+	for ip := range ps.byIP {
+		ips = append(ips, ip)
+	}
+	slices.SortFunc(ips, netip.Addr.Compare)
+	return ips
+}
+
 // waitEnrolled blocks until the pod with uid is captured or ctx ends; then
 // the error says why it is not (its enrolment error, if it had one).
 func (ps *podSet) waitEnrolled(ctx context.Context, uid string) error {

@@ -378,6 +378,18 @@ func TestWarrenOnKubernetes(t *testing.T) {
 			}
 			return nil
 		})
+		// The kubelet's readiness probes still reach the servers: the
+		// host SNATs them to the probe address, which capture lets by.
+		time.Sleep(4 * time.Second) // > failureThreshold (3) x period (1s)
+		now, err := appPods(ctx, c, appsNS, "server")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, p := range now {
+			if !isReady(&p) || containerIDs(&p) != before[p.Name] {
+				t.Errorf("server %s under STRICT: ready %v, %s (was %s): the kubelet's probes were refused", p.Name, isReady(&p), containerIDs(&p), before[p.Name])
+			}
+		}
 		for i, n := range nodes {
 			target := httpTarget(podOn(t, servers, nodes[1-i]).Status.PodIP)
 			name := fmt.Sprintf("probe-%d", i)
