@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"sync"
 	"testing"
@@ -56,6 +57,20 @@ func TestCacheReplace(t *testing.T) {
 	}
 	if n := c.Len("type.googleapis.com/unknown"); n != 0 {
 		t.Errorf("Len(unknown type) = %d", n)
+	}
+
+	// The same message objects again (an incremental caller's unchanged
+	// resources) are recognised without encoding; a new object with other
+	// content under a held name is still an update.
+	set := addresses("a", "10.0.0.1", "b", "10.0.0.2")
+	c.Replace(TypeAddress, set)
+	if u, r := c.Replace(TypeAddress, set); u != 0 || r != 0 {
+		t.Errorf("same objects again: Replace = (%d, %d), want (0, 0)", u, r)
+	}
+	next := maps.Clone(set)
+	next["b"] = addresses("b", "10.0.0.22")["b"]
+	if u, r := c.Replace(TypeAddress, next); u != 1 || r != 0 {
+		t.Errorf("one object replaced: Replace = (%d, %d), want (1, 0)", u, r)
 	}
 }
 

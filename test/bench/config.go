@@ -81,7 +81,7 @@ func DefaultConfig() Config {
 		// The last CPU: on most machines interrupts and system daemons
 		// favour CPU 0.
 		PinCPU:     runtime.NumCPU() - 1,
-		Micro:      []string{"./hbone", "./classify", "./authz"},
+		Micro:      []string{"./hbone", "./classify", "./authz", "./test/scale"},
 		MicroCount: 6,
 		RepoDir:    ".",
 	}
