@@ -546,7 +546,7 @@ func checkAgent(t *testing.T, c renderCase, objs []object) {
 	if sc == nil || sc.Capabilities == nil {
 		t.Fatal("agent container has no securityContext.capabilities")
 	}
-	if d := cmp.Diff([]corev1.Capability{"NET_ADMIN", "SYS_ADMIN", "NET_RAW"}, sc.Capabilities.Add); d != "" {
+	if d := cmp.Diff([]corev1.Capability{"NET_ADMIN", "SYS_ADMIN"}, sc.Capabilities.Add); d != "" {
 		t.Errorf("agent capabilities added (-want +got):\n%s", d)
 	}
 	if d := cmp.Diff([]corev1.Capability{"ALL"}, sc.Capabilities.Drop); d != "" {
