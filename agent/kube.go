@@ -26,6 +26,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
@@ -536,9 +537,7 @@ func (k *kubeAgent) watchDaemonSet(ctx context.Context) {
 		k.log.Info("agent pod has no DaemonSet owner; capture is kept when it stops")
 		return
 	}
-	lw := cache.NewListWatchFromClient(k.client.AppsV1().RESTClient(), "daemonsets", k.cfg.PodNamespace,
-		fields.OneTermEqualSelector("metadata.name", name))
-	inf := cache.NewSharedInformer(lw, &appsv1.DaemonSet{}, 0)
+	inf := byName(k.client, k.cfg.PodNamespace, name).Apps().V1().DaemonSets().Informer()
 	gone := func(why string) {
 		if !k.dsGone.Swap(true) {
 			k.log.Info("agent DaemonSet deleted: pods will be released when the agent stops", "daemonset", name, "seen", why)
@@ -609,9 +608,7 @@ func (k *kubeAgent) writeRoots(cm *corev1.ConfigMap) (bool, error) {
 
 // watchRoots keeps the root file equal to the ConfigMap (root rotation).
 func (k *kubeAgent) watchRoots(ctx context.Context) {
-	lw := cache.NewListWatchFromClient(k.client.CoreV1().RESTClient(), "configmaps", k.cfg.PodNamespace,
-		fields.OneTermEqualSelector("metadata.name", k.cfg.CARootConfigMap))
-	inf := cache.NewSharedInformer(lw, &corev1.ConfigMap{}, 0)
+	inf := byName(k.client, k.cfg.PodNamespace, k.cfg.CARootConfigMap).Core().V1().ConfigMaps().Informer()
 	update := func(obj any) {
 		if cm, ok := obj.(*corev1.ConfigMap); ok {
 			if _, err := k.writeRoots(cm); err != nil {
@@ -624,4 +621,15 @@ func (k *kubeAgent) watchRoots(ctx context.Context) {
 		UpdateFunc: func(_, obj any) { update(obj) },
 	})
 	inf.Run(ctx.Done())
+}
+
+// byName is an informer factory for the one object named name in
+// namespace: the agent's RBAC grants list and watch on its DaemonSet and
+// roots ConfigMap by name only, which the API checks through this field
+// selector.
+func byName(client kubernetes.Interface, namespace, name string) informers.SharedInformerFactory {
+	return informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithNamespace(namespace),
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
+			o.FieldSelector = fields.OneTermEqualSelector("metadata.name", name).String()
+		}))
 }
