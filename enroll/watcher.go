@@ -66,6 +66,9 @@ type Watcher struct {
 	// captured maps the UID of each pod the agent reported captured to the
 	// namespace it was captured in.
 	captured map[string]string
+	// written is the annotation value this agent last patched per pod
+	// (true: enabled); the informer cache lags behind our own patches.
+	written map[podKey]bool
 	// nsWarned is the misconfiguration last logged per namespace.
 	nsWarned map[string]string
 	// scanMissed is when a scan last failed to find a pod's namespace.
@@ -105,6 +108,7 @@ func NewWatcher(cfg Config, kube kubernetes.Interface, onChange func([]Pod), log
 		kick:       make(chan struct{}, 1),
 		netns:      map[podKey]netnsRecord{},
 		captured:   map[string]string{},
+		written:    map[podKey]bool{},
 		nsWarned:   map[string]string{},
 		scanMissed: map[types.UID]time.Time{},
 	}
@@ -227,6 +231,7 @@ func (w *Watcher) podDeleted(obj any) {
 		}
 		delete(w.scanMissed, p.UID)
 		delete(w.captured, WorkloadUID(w.cfg.ClusterID, p.Namespace, p.Name))
+		delete(w.written, keyOf(p))
 		w.mu.Unlock()
 	}
 	w.podChanged()
@@ -557,7 +562,13 @@ func (w *Watcher) SetRedirection(ctx context.Context, uid string, enabled bool) 
 }
 
 func (w *Watcher) annotate(ctx context.Context, namespace, name string, enabled bool) error {
-	if p, err := w.pods.Pods(namespace).Get(name); err == nil && (p.Annotations[RedirectionAnnotation] == RedirectionEnabled) == enabled {
+	key := podKey{namespace, name}
+	w.mu.Lock()
+	last, wrote := w.written[key]
+	w.mu.Unlock()
+	// The cache alone may not have seen our last patch yet: trust it only
+	// when it agrees with what we last wrote.
+	if p, err := w.pods.Pods(namespace).Get(name); err == nil && (p.Annotations[RedirectionAnnotation] == RedirectionEnabled) == enabled && (!wrote || last == enabled) {
 		return nil
 	}
 	var value any // JSON null removes the key in a merge patch
@@ -567,12 +578,23 @@ func (w *Watcher) annotate(ctx context.Context, namespace, name string, enabled 
 	patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": map[string]any{RedirectionAnnotation: value}}})
 	_, err := w.kube.CoreV1().Pods(namespace).Patch(ctx, name, types.MergePatchType, patch, metav1.PatchOptions{})
 	if apierrors.IsNotFound(err) && !enabled {
+		w.forget(key)
 		return nil
 	}
 	if err != nil {
 		return fmt.Errorf("annotating pod %s/%s with %s=%v: %w", namespace, name, RedirectionAnnotation, value, err)
 	}
+	w.mu.Lock()
+	w.written[key] = enabled
+	w.mu.Unlock()
 	return nil
+}
+
+// forget drops what was written for a pod that is gone.
+func (w *Watcher) forget(key podKey) {
+	w.mu.Lock()
+	delete(w.written, key)
+	w.mu.Unlock()
 }
 
 // WaitCaptured returns once SetRedirection(uid, true) has been called for
