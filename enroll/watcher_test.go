@@ -479,6 +479,20 @@ func TestSetRedirection(t *testing.T) {
 		t.Errorf("second release: %v, %d patches; want none", err, patches()-n)
 	}
 
+	// Capture and release back to back, before the watch has shown the
+	// first patch: the release must still reach the pod.
+	for i := 0; i < 20; i++ {
+		if err := h.w.SetRedirection(ctx, uid, true); err != nil {
+			t.Fatal(err)
+		}
+		if err := h.w.SetRedirection(ctx, uid, false); err != nil {
+			t.Fatal(err)
+		}
+		if v, ok := annotation(); ok {
+			t.Fatalf("round %d: annotation %q left after a release right after a capture", i, v)
+		}
+	}
+
 	if err := h.w.SetRedirection(ctx, WorkloadUID("Kubernetes", "shop", "gone"), false); err != nil {
 		t.Errorf("releasing a deleted pod: %v", err)
 	}
