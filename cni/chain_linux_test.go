@@ -11,7 +11,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -20,9 +19,9 @@ import (
 	"github.com/containernetworking/cni/libcni"
 	types100 "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/vishvananda/netlink"
-	"golang.org/x/sys/unix"
 
 	"github.com/warren-mesh/warren/netns"
+	"github.com/warren-mesh/warren/test/testbed"
 )
 
 // debianCNIBin is where Debian's containernetworking-plugins installs the
@@ -34,28 +33,10 @@ const debianCNIBin = "/usr/lib/cni"
 func newNetNS(t *testing.T, dir, name string) string {
 	t.Helper()
 	path := filepath.Join(dir, name)
-	if err := os.WriteFile(path, nil, 0o444); err != nil {
-		t.Fatal(err)
-	}
-	errc := make(chan error, 1)
-	go func() {
-		// Never unlocked: this thread is in the new namespace and dies with
-		// the goroutine.
-		runtime.LockOSThread()
-		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
-			errc <- err
-			return
-		}
-		errc <- unix.Mount("/proc/thread-self/ns/net", path, "none", unix.MS_BIND, "")
-	}()
-	if err := <-errc; err != nil {
-		os.Remove(path)
+	if err := testbed.PinNewNS(path); err != nil {
 		t.Fatalf("creating netns %s: %v", path, err)
 	}
-	t.Cleanup(func() {
-		unix.Unmount(path, unix.MNT_DETACH)
-		os.Remove(path)
-	})
+	t.Cleanup(func() { testbed.RemoveNamedNS(path) })
 	return path
 }
 

@@ -7,13 +7,13 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"runtime"
 	"testing"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/warren-mesh/warren/netns"
+	"github.com/warren-mesh/warren/test/testbed"
 )
 
 // newPodNetNS pins a new network namespace at dir/name, as containerd pins
@@ -22,28 +22,10 @@ import (
 func newPodNetNS(t *testing.T, dir, name string, addrs ...string) string {
 	t.Helper()
 	path := filepath.Join(dir, name)
-	if err := os.WriteFile(path, nil, 0o444); err != nil {
-		t.Fatal(err)
-	}
-	errc := make(chan error, 1)
-	go func() {
-		// Never unlocked: the thread is in the new namespace and dies with
-		// the goroutine.
-		runtime.LockOSThread()
-		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
-			errc <- err
-			return
-		}
-		errc <- unix.Mount("/proc/thread-self/ns/net", path, "none", unix.MS_BIND, "")
-	}()
-	if err := <-errc; err != nil {
-		os.Remove(path)
+	if err := testbed.PinNewNS(path); err != nil {
 		t.Fatalf("creating netns %s: %v", path, err)
 	}
-	t.Cleanup(func() {
-		unix.Unmount(path, unix.MNT_DETACH)
-		os.Remove(path)
-	})
+	t.Cleanup(func() { testbed.RemoveNamedNS(path) })
 	err := netns.Do(path, func() error {
 		lo, err := netlink.LinkByName("lo")
 		if err != nil {

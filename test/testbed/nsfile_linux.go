@@ -54,9 +54,20 @@ func PrepareNetnsDir() error {
 // testbed never adopts (and later deletes) a namespace it did not create.
 func CreateNamedNS(name string) (string, error) {
 	path := filepath.Join(NetnsDir, name)
+	if err := PinNewNS(path); err != nil {
+		return "", err
+	}
+	return path, nil
+}
+
+// PinNewNS creates a new network namespace pinned at path, in any
+// directory (tests that stand in for containerd pin pod namespaces in a
+// temporary one). It fails with fs.ErrExist when path exists. Remove it
+// with RemoveNamedNS.
+func PinNewNS(path string) error {
 	f, err := os.OpenFile(path, os.O_RDONLY|os.O_CREATE|os.O_EXCL, 0o444)
 	if err != nil {
-		return "", fmt.Errorf("creating netns file: %w", err)
+		return fmt.Errorf("creating netns file: %w", err)
 	}
 	f.Close()
 	errc := make(chan error, 1)
@@ -76,9 +87,9 @@ func CreateNamedNS(name string) (string, error) {
 	}()
 	if err := <-errc; err != nil {
 		os.Remove(path)
-		return "", err
+		return err
 	}
-	return path, nil
+	return nil
 }
 
 // RemoveNamedNS unpins the namespace at path and removes the file. The kernel
