@@ -1,10 +1,11 @@
 package controller
 
 import (
-	"fmt"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	wmetrics "github.com/warren-mesh/warren/metrics"
 )
 
 // metrics are the controller's own: istiod has no equivalents for a
@@ -43,13 +44,8 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help: "1 while this replica is the leader.",
 		}),
 	}
-	if reg == nil {
-		return m, nil
-	}
-	for _, c := range []prometheus.Collector{m.rebuilds, m.duration, m.resources, m.problems, m.leader} {
-		if err := reg.Register(c); err != nil {
-			return nil, fmt.Errorf("registering controller metrics: %w", err)
-		}
+	if err := wmetrics.Register(reg, "controller", m.rebuilds, m.duration, m.resources, m.problems, m.leader); err != nil {
+		return nil, err
 	}
 	return m, nil
 }

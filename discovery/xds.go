@@ -16,6 +16,7 @@ import (
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/warren-mesh/warren/metrics"
 	"github.com/warren-mesh/warren/state"
 	"github.com/warren-mesh/warren/xds"
 )
@@ -538,13 +539,8 @@ func newXDSMetrics(reg prometheus.Registerer) (*xdsMetrics, error) {
 	m.snapshots.WithLabelValues(resultFailed)
 	m.rejected.WithLabelValues(xds.TypeAddress)
 	m.rejected.WithLabelValues(xds.TypeAuthorization)
-	if reg == nil {
-		return m, nil
-	}
-	for _, c := range []prometheus.Collector{m.snapshots, m.rejected} {
-		if err := reg.Register(c); err != nil {
-			return nil, fmt.Errorf("registering xds source metrics: %w", err)
-		}
+	if err := metrics.Register(reg, "xds source", m.snapshots, m.rejected); err != nil {
+		return nil, err
 	}
 	return m, nil
 }

@@ -1,6 +1,7 @@
 package metrics
 
 import (
+	"fmt"
 	"net/http"
 	"sync/atomic"
 	"time"
@@ -123,4 +124,23 @@ func NewRegistry() *prometheus.Registry {
 // the rest is still served.
 func Handler(g prometheus.Gatherer) http.Handler {
 	return promhttp.HandlerFor(g, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError})
+}
+
+// Register registers cs on reg, all or none: on a failure the ones already
+// registered are unregistered again, so that a corrected caller may retry.
+// A nil reg registers nothing (components built without metrics, tests).
+// what names the component in the error.
+func Register(reg prometheus.Registerer, what string, cs ...prometheus.Collector) error {
+	if reg == nil {
+		return nil
+	}
+	for i, c := range cs {
+		if err := reg.Register(c); err != nil {
+			for _, done := range cs[:i] {
+				reg.Unregister(done)
+			}
+			return fmt.Errorf("registering %s metrics: %w", what, err)
+		}
+	}
+	return nil
 }

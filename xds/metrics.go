@@ -1,10 +1,8 @@
 package xds
 
 import (
-	"errors"
-	"fmt"
-
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/warren-mesh/warren/metrics"
 )
 
 type serverMetrics struct {
@@ -63,7 +61,7 @@ func newServerMetrics(reg prometheus.Registerer, c *Cache) (*serverMetrics, erro
 		m.acks.WithLabelValues(t)
 		m.nacks.WithLabelValues(t)
 	}
-	return m, register(reg, "xds server", m.streams, m.pushes, m.acks, m.nacks, m.refused, cacheCollector{c})
+	return m, metrics.Register(reg, "xds server", m.streams, m.pushes, m.acks, m.nacks, m.refused, cacheCollector{c})
 }
 
 type clientMetrics struct {
@@ -103,22 +101,5 @@ func newClientMetrics(reg prometheus.Registerer, typeURLs []string) (*clientMetr
 		m.updates.WithLabelValues(t, resultNACK)
 		m.resources.WithLabelValues(t)
 	}
-	return m, register(reg, "xds client", m.connected, m.updates, m.reconnects, m.resources)
-}
-
-// register registers cs on reg, which may be nil.
-func register(reg prometheus.Registerer, what string, cs ...prometheus.Collector) error {
-	if reg == nil {
-		return nil
-	}
-	var errs []error
-	for _, c := range cs {
-		if err := reg.Register(c); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	if err := errors.Join(errs...); err != nil {
-		return fmt.Errorf("registering %s metrics: %w", what, err)
-	}
-	return nil
+	return m, metrics.Register(reg, "xds client", m.connected, m.updates, m.reconnects, m.resources)
 }

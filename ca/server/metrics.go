@@ -1,9 +1,8 @@
 package server
 
 import (
-	"fmt"
-
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/warren-mesh/warren/metrics"
 )
 
 // Results of a request, the values of the result label. Each refusal maps
@@ -35,10 +34,8 @@ func newMetrics(reg prometheus.Registerer) (*serverMetrics, error) {
 	for _, r := range results {
 		m.requests.WithLabelValues(r)
 	}
-	if reg != nil {
-		if err := reg.Register(m.requests); err != nil {
-			return nil, fmt.Errorf("registering CA metrics: %w", err)
-		}
+	if err := metrics.Register(reg, "CA", m.requests); err != nil {
+		return nil, err
 	}
 	return m, nil
 }
