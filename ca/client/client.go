@@ -215,25 +215,14 @@ func (c *Client) fileRoots() ([]*x509.Certificate, error) {
 // now, for serverName.
 func (c *Client) verifyServer(cs tls.ConnectionState, serverName string) error {
 	if len(cs.PeerCertificates) == 0 {
-		return errors.New("CA sent no certificate")
+		// Refused as such, whether or not the roots can be read.
+		return verifyPeer(cs, "CA", serverName, nil)
 	}
 	roots, err := c.Roots(context.Background())
 	if err != nil {
 		return err
 	}
-	pool := x509.NewCertPool()
-	for _, r := range roots {
-		pool.AddCert(r)
-	}
-	inter := x509.NewCertPool()
-	for _, ic := range cs.PeerCertificates[1:] {
-		inter.AddCert(ic)
-	}
-	_, err = cs.PeerCertificates[0].Verify(x509.VerifyOptions{DNSName: serverName, Roots: pool, Intermediates: inter})
-	if err != nil {
-		return fmt.Errorf("verifying CA certificate for %q: %w", serverName, err)
-	}
-	return nil
+	return verifyPeer(cs, "CA", serverName, roots)
 }
 
 func containsCert(list []*x509.Certificate, c *x509.Certificate) bool {

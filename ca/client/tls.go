@@ -3,7 +3,6 @@ package client
 import (
 	"crypto/tls"
 	"crypto/x509"
-	"errors"
 	"fmt"
 	"os"
 
@@ -22,9 +21,6 @@ func FileRootsTLS(rootFile, serverName string) *tls.Config {
 		// VerifyConnection instead and is not skipped.
 		InsecureSkipVerify: true,
 		VerifyConnection: func(cs tls.ConnectionState) error {
-			if len(cs.PeerCertificates) == 0 {
-				return errors.New("server sent no certificate")
-			}
 			data, err := os.ReadFile(rootFile)
 			if err != nil {
 				return fmt.Errorf("reading root file: %w", err)
@@ -33,18 +29,27 @@ func FileRootsTLS(rootFile, serverName string) *tls.Config {
 			if err != nil {
 				return fmt.Errorf("root file %s: %w", rootFile, err)
 			}
-			pool := x509.NewCertPool()
-			for _, r := range roots {
-				pool.AddCert(r)
-			}
-			inter := x509.NewCertPool()
-			for _, c := range cs.PeerCertificates[1:] {
-				inter.AddCert(c)
-			}
-			if _, err := cs.PeerCertificates[0].Verify(x509.VerifyOptions{DNSName: serverName, Roots: pool, Intermediates: inter}); err != nil {
-				return fmt.Errorf("verifying server certificate for %q: %w", serverName, err)
-			}
-			return nil
+			return verifyPeer(cs, "server", serverName, roots)
 		},
 	}
+}
+
+// verifyPeer checks the chain the peer (what: "CA", "server") sent in cs
+// against roots, for serverName.
+func verifyPeer(cs tls.ConnectionState, what, serverName string, roots []*x509.Certificate) error {
+	if len(cs.PeerCertificates) == 0 {
+		return fmt.Errorf("%s sent no certificate", what)
+	}
+	pool := x509.NewCertPool()
+	for _, r := range roots {
+		pool.AddCert(r)
+	}
+	inter := x509.NewCertPool()
+	for _, c := range cs.PeerCertificates[1:] {
+		inter.AddCert(c)
+	}
+	if _, err := cs.PeerCertificates[0].Verify(x509.VerifyOptions{DNSName: serverName, Roots: pool, Intermediates: inter}); err != nil {
+		return fmt.Errorf("verifying %s certificate for %q: %w", what, serverName, err)
+	}
+	return nil
 }
