@@ -473,27 +473,23 @@ func (k *kubeAgent) uninstalling(ctx context.Context) bool {
 	}
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	pod, err := k.client.CoreV1().Pods(k.cfg.PodNamespace).Get(ctx, k.cfg.PodName, metav1.GetOptions{})
+	name, uid, err := k.ownDaemonSet(ctx)
 	if err != nil {
 		k.log.Warn("cannot read own pod at shutdown; keeping pods captured", "error", err)
 		return false
 	}
-	for _, o := range pod.OwnerReferences {
-		if o.Kind != "DaemonSet" {
-			continue
-		}
-		ds, err := k.client.AppsV1().DaemonSets(k.cfg.PodNamespace).Get(ctx, o.Name, metav1.GetOptions{})
-		switch {
-		case apierrors.IsNotFound(err):
-			return true
-		case err != nil:
-			k.log.Warn("cannot read own DaemonSet at shutdown; keeping pods captured", "error", err)
-			return false
-		case ds.UID != o.UID || ds.DeletionTimestamp != nil:
-			return true
-		}
+	if name == "" {
+		return false
 	}
-	return false
+	ds, err := k.client.AppsV1().DaemonSets(k.cfg.PodNamespace).Get(ctx, name, metav1.GetOptions{})
+	switch {
+	case apierrors.IsNotFound(err):
+		return true
+	case err != nil:
+		k.log.Warn("cannot read own DaemonSet at shutdown; keeping pods captured", "error", err)
+		return false
+	}
+	return ds.UID != uid || ds.DeletionTimestamp != nil
 }
 
 // ownDaemonSet is the DaemonSet that owns the agent's pod.
