@@ -181,6 +181,17 @@ func agentMetrics(ctx context.Context, c *cluster.Cluster, i int) (map[string]*d
 }
 
 func scrape(ctx context.Context, c *cluster.Cluster, i int, url string) (map[string]*dto.MetricFamily, error) {
+	body, err := nodeGet(ctx, c, i, url)
+	if err != nil {
+		return nil, err
+	}
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	return p.TextToMetricFamilies(bytes.NewReader(body))
+}
+
+// nodeGet GETs url from inside node i's network namespace, where the
+// agent's ports (host network) and pod IPs are reachable.
+func nodeGet(ctx context.Context, c *cluster.Cluster, i int, url string) ([]byte, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return nil, err
@@ -197,8 +208,7 @@ func scrape(ctx context.Context, c *cluster.Cluster, i int, url string) (map[str
 	if resp.StatusCode != http.StatusOK {
 		return nil, fmt.Errorf("%s: %s", url, resp.Status)
 	}
-	p := expfmt.NewTextParser(model.UTF8Validation)
-	return p.TextToMetricFamilies(bytes.NewReader(body))
+	return body, nil
 }
 
 // sumMetric adds up the samples of name whose labels include want.
@@ -341,16 +351,10 @@ func errOf(r cluster.FetchResult, err error) error {
 // agentDump summarises the agent's state on node i (its /config_dump):
 // workloads and services it knows, for failure reports.
 func agentDump(ctx context.Context, c *cluster.Cluster, i int) string {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://127.0.0.1:15000/config_dump", nil)
+	body, err := nodeGet(ctx, c, i, configDumpURL)
 	if err != nil {
 		return err.Error()
 	}
-	resp, err := c.HTTPClient(i).Do(req)
-	if err != nil {
-		return err.Error()
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
 	var dump map[string]json.RawMessage
 	if err := json.Unmarshal(body, &dump); err != nil {
 		return fmt.Sprintf("%v: %.2000s", err, body)
@@ -378,21 +382,19 @@ type agentState struct {
 
 // readAgentState reads the agent's view on node i.
 func readAgentState(ctx context.Context, c *cluster.Cluster, i int) (*agentState, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://127.0.0.1:15000/config_dump", nil)
+	body, err := nodeGet(ctx, c, i, configDumpURL)
 	if err != nil {
 		return nil, err
 	}
-	resp, err := c.HTTPClient(i).Do(req)
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
 	var st agentState
-	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+	if err := json.Unmarshal(body, &st); err != nil {
 		return nil, fmt.Errorf("config_dump on node %d: %w", i, err)
 	}
 	return &st, nil
 }
+
+// configDumpURL is the agent's admin endpoint, on the node's loopback.
+const configDumpURL = "http://127.0.0.1:15000/config_dump"
 
 // agentsSee waits until check accepts both agents' views: state reaches
 // every node through the controller, a moment after the API changes.
